@@ -1,0 +1,10 @@
+//! `overseer bench_embed` (placeholder until its issue lands).
+
+use crate::settings::Global;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+pub fn run(_g: &Global, _a: Args) -> anyhow::Result<()> {
+    anyhow::bail!("'bench_embed' is not implemented yet")
+}

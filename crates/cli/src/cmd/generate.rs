@@ -1,0 +1,10 @@
+//! `overseer generate` (placeholder until its issue lands).
+
+use crate::settings::Global;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+pub fn run(_g: &Global, _a: Args) -> anyhow::Result<()> {
+    anyhow::bail!("'generate' is not implemented yet")
+}

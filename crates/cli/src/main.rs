@@ -1,0 +1,72 @@
+//! The `overseer` binary: argument parsing, settings and one module per command.
+//! All user-facing errors pass through `anyhow` here and end as one line on stderr
+//! with a non-zero exit code.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod settings;
+
+/// overseer: a local-first research workbench for AI safety.
+#[derive(Parser)]
+#[command(name = "overseer", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: settings::Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a completion for one prompt with a local GGUF model.
+    Generate(cmd::generate::Args),
+    /// Talk to a local GGUF model (interactive, streaming, multi-turn).
+    Chat(cmd::chat::Args),
+    /// Inspect model files.
+    #[command(subcommand)]
+    Model(cmd::model::Command),
+    /// Benchmarks: model prefill/decode speed (default) or embedding throughput.
+    Bench(cmd::bench::Args),
+    /// Ingest documents (ARD JSONL, markdown, HTML, PDF, text) into the index.
+    Ingest(cmd::ingest::Args),
+    /// Search the literature index.
+    Search(cmd::search::Args),
+    /// Ask a question answered from the literature, with citations.
+    Ask(cmd::ask::Args),
+    /// Evaluations: retrieval quality and answer grounding.
+    #[command(subcommand)]
+    Eval(cmd::eval::Command),
+    /// The refusal-direction lab.
+    #[command(subcommand)]
+    Refusal(cmd::refusal::Command),
+    /// Serve the web app and HTTP API.
+    Serve(cmd::serve::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    settings::init_logging(&cli.global);
+    let result = match cli.command {
+        Command::Generate(a) => cmd::generate::run(&cli.global, a),
+        Command::Chat(a) => cmd::chat::run(&cli.global, a),
+        Command::Model(c) => cmd::model::run(&cli.global, c),
+        Command::Bench(a) => cmd::bench::run(&cli.global, a),
+        Command::Ingest(a) => cmd::ingest::run(&cli.global, a),
+        Command::Search(a) => cmd::search::run(&cli.global, a),
+        Command::Ask(a) => cmd::ask::run(&cli.global, a),
+        Command::Eval(c) => cmd::eval::run(&cli.global, c),
+        Command::Refusal(c) => cmd::refusal::run(&cli.global, c),
+        Command::Serve(a) => cmd::serve::run(&cli.global, a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! `overseer-server`: HTTP API and embedded web UI.
+
+mod error;
+
+pub use error::{Error, Result};
