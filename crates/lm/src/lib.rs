@@ -8,6 +8,9 @@
 
 mod error;
 mod hooks;
+// Tokenizer and chat template (owned by the tokenizer engineer).
+mod template;
+mod tokenizer;
 
 pub use error::{Error, Result};
 pub use hooks::{
