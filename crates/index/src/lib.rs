@@ -1,7 +1,32 @@
-//! `overseer-index`: literature ingestion, chunking, embeddings, BM25 + dense search and fusion.
+//! `overseer-index`: literature ingestion, chunking, embeddings, BM25 + dense search
+//! and fusion, in one crash-safe data directory.
+//!
+//! Ingest with [`ingest`], search with [`Index`]; [`eval`] scores retrieval on BEIR
+//! files. Embedding models plug in through the [`Embedder`] trait.
 
+mod bm25;
+mod chunk;
 mod embed;
 mod error;
+pub mod eval;
+mod fusion;
+mod hnsw;
+mod ingest;
+mod search;
+mod source;
+mod store;
+pub mod testing;
+mod vectors;
 
-pub use embed::Embedder;
+pub use chunk::{Chunk, ChunkOptions, chunk_text};
+pub use embed::{Embedder, MiniLm};
 pub use error::{Error, Result};
+pub use fusion::{DEFAULT_ALPHA, DEFAULT_RRF_K, Fusion};
+pub use hnsw::{Hnsw, HnswParams};
+pub use vectors::Scored;
+pub use ingest::{IngestOptions, IngestSummary, NoProgress, Progress, ingest};
+pub use search::{
+    Document, Filters, Index, IndexStats, MAX_K, MAX_QUERY_CHARS, Mode, Passage, SearchHit,
+    SearchRequest, highlight_spans, truncate_query,
+};
+pub use source::{DocMeta, Failure};

@@ -1,5 +1,24 @@
-//! `overseer-kernels`: Quantized block formats and SIMD matmul kernels for CPU inference.
+//! `overseer-kernels`: quantized GGML block formats and SIMD matmul kernels for CPU
+//! inference.
+//!
+//! candle's CPU backend has SIMD dot products for only some formats and runs Q4_1 and
+//! Q5_0 (the bulk of common small GGUF chat models) in scalar code; this crate gives
+//! every format llama.cpp's small models use a runtime-dispatched AVX2 kernel (with a
+//! portable scalar fallback; no global `target-cpu` flags) and a multi-threaded matmul
+//! that quantizes activations to 8 bits once per call, as llama.cpp does.
 
+mod dtype;
 mod error;
+mod matrix;
+mod pool;
+mod quant;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+#[cfg(test)]
+mod tests;
+
+pub use dtype::GgmlDType;
 pub use error::{Error, Result};
+pub use matrix::{Bytes, Level, QMatrix};

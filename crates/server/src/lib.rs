@@ -1,5 +1,31 @@
-//! `overseer-server`: HTTP API and embedded web UI.
+//! `overseer-server`: the HTTP API and embedded web UI behind `overseer serve`.
+//!
+//! [`router`] builds the whole service from an [`AppState`]; the state holds the back ends
+//! behind two traits ([`Literature`] for search/documents/ingest, [`Generator`] for the
+//! model), so the HTTP rules are tested without a model and `overseer serve` plugs in the
+//! real index, assistant and model through [`IndexLibrary`] and [`AssistantGenerator`]. Generation runs on one worker
+//! thread fed by a bounded queue; see the `worker` module.
 
+mod adapters;
+mod api;
+mod backend;
+mod config;
 mod error;
+mod lab;
+mod metrics;
+mod openai;
+mod security;
+mod state;
+mod ui;
+mod worker;
 
-pub use error::{Error, Result};
+pub use adapters::{AssistantGenerator, IndexLibrary, ModelBackend};
+pub use api::{router, serve};
+pub use backend::{
+    AskEvent, AskParams, ChatMessage, ChatOutput, ChatParams, Generator, IngestInput, Intervention,
+    LibraryStats, Literature, SearchParams,
+};
+pub use config::ServerConfig;
+pub use error::{ApiError, BackendError, Error, Result};
+pub use metrics::Metrics;
+pub use state::AppState;

@@ -1,10 +1,112 @@
-//! `overseer ingest` (placeholder until its issue lands).
+//! `overseer ingest`: add ARD JSONL, markdown, HTML, PDF and text to the index, with a
+//! progress bar on stderr and a summary at the end.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use overseer_index::{ChunkOptions, Embedder, IngestOptions, MiniLm, Progress};
 
 use crate::settings::Global;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Files or folders: ARD .jsonl, .md, .html, .pdf, .txt (folders are walked).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Remove documents that vanished from the given sources.
+    #[arg(long)]
+    pub prune: bool,
+    /// Delete the existing index first (after an upgrade or an embedder change).
+    #[arg(long)]
+    pub reset: bool,
+    /// Most embedder tokens per chunk.
+    #[arg(long, default_value_t = 224)]
+    pub chunk_tokens: usize,
+    /// Tokens shared by consecutive chunks of a long section.
+    #[arg(long, default_value_t = 32)]
+    pub chunk_overlap: usize,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub fn run(_g: &Global, _a: Args) -> anyhow::Result<()> {
-    anyhow::bail!("'ingest' is not implemented yet")
+/// Load the default embedder (all-MiniLM-L6-v2 from the models folder).
+pub fn load_embedder(g: &Global) -> Result<Arc<dyn Embedder>> {
+    let dir = g.embedder_dir()?;
+    let m = MiniLm::load(&dir, g.threads())
+        .with_context(|| format!("loading the embedding model from {}", dir.display()))?;
+    Ok(Arc::new(m))
+}
+
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn begin(&self, total: u64) {
+        self.0.set_length(total);
+    }
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn message(&self, msg: &str) {
+        self.0.set_message(msg.to_string());
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+pub fn run(g: &Global, a: Args) -> Result<()> {
+    let data_dir = g.data_dir()?;
+    let embedder = load_embedder(g)?;
+    let bar = ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} ingest [{bar:30}] {pos}/{len} records  {per_sec}  eta {eta}  {msg}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let opts = IngestOptions {
+        prune: a.prune,
+        reset: a.reset,
+        chunk: ChunkOptions {
+            max_tokens: a.chunk_tokens,
+            overlap_tokens: a.chunk_overlap,
+        },
+        ..IngestOptions::default()
+    };
+    let s = overseer_index::ingest(&data_dir, &a.paths, embedder, &opts, &Bar(bar.clone()));
+    bar.finish_and_clear();
+    let s = s?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        eprintln!(
+            "ingested in {:.1}s: {} added, {} updated, {} skipped (unchanged), {} removed, {} failed; {} new chunks; index now {} documents, {} chunks",
+            s.seconds,
+            s.added,
+            s.updated,
+            s.skipped,
+            s.removed,
+            s.failed.len(),
+            s.chunks_added,
+            s.docs,
+            s.chunks
+        );
+        const SHOW: usize = 20;
+        for f in s.failed.iter().take(SHOW) {
+            eprintln!("  failed {}: {}", f.location, f.reason);
+        }
+        if s.failed.len() > SHOW {
+            eprintln!("  ... and {} more (use --json for all)", s.failed.len() - SHOW);
+        }
+        for n in &s.notes {
+            eprintln!("  note: {n}");
+        }
+    }
+    Ok(())
 }

@@ -1,5 +1,12 @@
 //! Embeddings behind one trait, so other models plug in. The default is
-//! all-MiniLM-L6-v2 (sentence-transformers) on candle.
+//! all-MiniLM-L6-v2 (sentence-transformers), run by a packed, padding-free BERT
+//! forward on the `gemm` crate (`bert.rs`, `ops.rs`; see there for why not candle).
+
+mod bert;
+mod minilm;
+mod ops;
+
+pub use minilm::MiniLm;
 
 use crate::Result;
 

@@ -1,0 +1,290 @@
+//! `overseer serve` end to end: the real binary on a loopback port with a small ingested
+//! corpus and SmolLM2, checked over plain HTTP; and the browser test (headless Debian
+//! Chromium via playwright-core, `tests/browser/`) against the same kind of server.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn models() -> PathBuf {
+    let m = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models")).to_path_buf();
+    for f in ["SmolLM2-135M-Instruct.Q4_1.gguf", "all-minilm-l6-v2/model.safetensors"] {
+        assert!(m.join(f).exists(), "{} missing: run scripts/fetch-models", m.join(f).display());
+    }
+    m
+}
+
+/// The first `n` records of the shared alignment-newsletter corpus.
+fn small_corpus(dir: &Path, n: usize) -> PathBuf {
+    let src = repo().join("../shared/data/corpus/alignment_newsletter.jsonl");
+    let text = std::fs::read_to_string(&src)
+        .unwrap_or_else(|e| panic!("shared corpus {} unreadable: {e}", src.display()));
+    let lines: Vec<&str> = text.lines().take(n).collect();
+    let out = dir.join("corpus.jsonl");
+    std::fs::write(&out, lines.join("\n") + "\n").expect("write corpus");
+    out
+}
+
+/// A running `overseer serve`, killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(data: &Path, extra: &[&str]) -> Server {
+    let m = models();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_overseer"));
+    cmd.args(["serve", "--bind", "127.0.0.1:0", "--threads", "2", "--data-dir"])
+        .arg(data)
+        .arg("--model")
+        .arg(m.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .args(extra)
+        .env("OVERSEER_MODELS_DIR", &m)
+        .env_remove("OVERSEER_ADMIN_TOKEN")
+        .env_remove("OVERSEER_LLM_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("spawn overseer serve");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the URL line");
+    let url = line
+        .trim()
+        .strip_prefix("overseer is serving at ")
+        .unwrap_or_else(|| panic!("serve did not print its URL, got {line:?}"))
+        .to_string();
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let server = Server { child, addr };
+    let t0 = Instant::now();
+    loop {
+        if let Ok((200, _, _)) = http(&server.addr, "GET", "/healthz", None, &[]) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "server never became healthy");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server
+}
+
+/// A minimal HTTP/1.1 client (Connection: close): (status, headers, body).
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(300)))?;
+    let body = body.unwrap_or("");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Ok((status, head.to_string(), body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[test]
+fn serve_answers_search_ask_and_guards_admin() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let corpus = small_corpus(tmp.path(), 40);
+    let token_file = tmp.path().join("admin-token");
+    std::fs::write(&token_file, "correct-horse-battery\n").expect("write token");
+    let data = tmp.path().join("data");
+    let server = start_server(
+        &data,
+        &[
+            "--corpus",
+            corpus.to_str().expect("utf-8 path"),
+            "--admin-token-file",
+            token_file.to_str().expect("utf-8 path"),
+        ],
+    );
+    let a = &server.addr;
+
+    // Ready, with the corpus ingested because the index was empty.
+    let (st, _, body) = http(a, "GET", "/healthz", None, &[]).expect("healthz");
+    assert_eq!(st, 200);
+    let h = json(&body);
+    assert!(h["documents"].as_u64().expect("documents") >= 30, "{h}");
+
+    // Search: the documented shape.
+    let (st, _, body) = http(a, "GET", "/api/search?q=reward%20hacking&k=3", None, &[]).expect("search");
+    assert_eq!(st, 200, "{body}");
+    let v = json(&body);
+    let results = v["results"].as_array().expect("results");
+    assert!(!results.is_empty() && results.len() <= 3, "{v}");
+    for r in results {
+        for k in ["id", "title", "url", "score", "passage"] {
+            assert!(r.get(k).is_some(), "result lacks {k}: {r}");
+        }
+    }
+    // A document from the results can be fetched.
+    let id = results[0]["id"].as_str().expect("id");
+    let (st, _, body) = http(a, "GET", &format!("/api/documents/{id}"), None, &[]).expect("document");
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(json(&body)["title"], results[0]["title"]);
+
+    // Ask: the event stream ends with `done` after tokens.
+    let (st, head, body) = http(a, "POST", "/api/ask", Some(r#"{"question":"What is reward hacking?","mode":"concise"}"#), &[]).expect("ask");
+    assert_eq!(st, 200, "{body}");
+    assert!(head.to_ascii_lowercase().contains("text/event-stream"));
+    let events: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(events.first(), Some(&"retrieval"), "{body}");
+    assert_eq!(events.last(), Some(&"done"), "{body}");
+    assert!(events.contains(&"token"), "{body}");
+
+    // OpenAI-compatible chat on the local model.
+    let (st, _, body) = http(a, "POST", "/v1/chat/completions", Some(r#"{"messages":[{"role":"user","content":"Say hello."}],"max_tokens":8,"temperature":0}"#), &[]).expect("chat");
+    assert_eq!(st, 200, "{body}");
+    let v = json(&body);
+    assert!(v["choices"][0]["message"]["content"].as_str().is_some_and(|t| !t.is_empty()), "{v}");
+    assert!(v["usage"]["completion_tokens"].as_u64().expect("usage") <= 8);
+
+    // Admin: token from the file; none -> 401, wrong -> 403, right -> 200.
+    let doc = r#"{"documents":[{"id":"serve-test-doc","source":"test","title":"Zebra alignment note","authors":["T. Est"],"text":"Zebras are a test of incremental ingestion through the admin API.","url":"https://example.org/zebra","date_published":"2024-01-01T00:00:00Z"}]}"#;
+    let (st, _, _) = http(a, "POST", "/api/ingest", Some(doc), &[]).expect("ingest");
+    assert_eq!(st, 401);
+    let (st, _, _) = http(a, "POST", "/api/ingest", Some(doc), &[("Authorization", "Bearer wrong-token")]).expect("ingest");
+    assert_eq!(st, 403);
+    let (st, _, body) = http(a, "POST", "/api/ingest", Some(doc), &[("Authorization", "Bearer correct-horse-battery")]).expect("ingest");
+    assert_eq!(st, 200, "{body}");
+    let (_, _, body) = http(a, "GET", "/api/search?q=zebras%20incremental&k=1&mode=bm25", None, &[]).expect("search");
+    assert_eq!(json(&body)["results"][0]["id"], "serve-test-doc", "{body}");
+
+    // Metrics saw it all.
+    let (_, _, m) = http(a, "GET", "/metrics", None, &[]).expect("metrics");
+    assert!(m.contains("route=\"/api/search\""), "{m}");
+    assert!(m.contains("overseer_generated_tokens_total"), "{m}");
+}
+
+#[test]
+fn serve_refuses_unreadable_admin_token_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_overseer"))
+        .args(["serve", "--no-model", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path())
+        .arg("--admin-token-file")
+        .arg(tmp.path().join("missing"))
+        .env("OVERSEER_MODELS_DIR", models())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin token file"), "{err}");
+}
+
+/// The web UI in a real browser. Needs `tests/browser/setup` (Debian chromium and the
+/// pinned playwright-core); fails with that instruction when they are missing.
+#[test]
+fn browser_end_to_end() {
+    let browser_dir = repo().join("tests/browser");
+    let node_ok = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let pw = browser_dir.join("node_modules/playwright-core/package.json");
+    assert!(
+        node_ok && Path::new(&chromium).exists() && pw.exists(),
+        "the browser test needs node, {chromium} and playwright-core: run tests/browser/setup \
+         (node: {node_ok}, chromium: {}, playwright-core: {})",
+        Path::new(&chromium).exists(),
+        pw.exists()
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let corpus = small_corpus(tmp.path(), 40);
+    let lab = browser_dir.join("fixtures/lab");
+    let server = start_server(
+        &tmp.path().join("data"),
+        &[
+            "--corpus",
+            corpus.to_str().expect("utf-8 path"),
+            "--lab-dir",
+            lab.to_str().expect("utf-8 path"),
+        ],
+    );
+    let out_dir = repo().join("tests-output/browser");
+    let mut node = Command::new("node")
+        .arg(browser_dir.join("e2e.mjs"))
+        .arg(format!("http://{}/", server.addr))
+        .arg(&out_dir)
+        .env("CHROMIUM", &chromium)
+        .spawn()
+        .expect("spawn node");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = node.try_wait().expect("wait node") {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            let _ = node.kill();
+            panic!("browser test did not finish in 10 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.success(), "browser test failed; see its output above and {}/failure.png", out_dir.display());
+    for shot in ["chat-desktop.png", "chat-phone.png", "lab-desktop.png"] {
+        assert!(out_dir.join(shot).exists(), "{shot} was not saved");
+    }
+}

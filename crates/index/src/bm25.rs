@@ -1,0 +1,229 @@
+//! The tantivy side: schema (one tantivy document per chunk), BM25 queries over
+//! title + text with English stemming, and filter queries on source, author, tag and
+//! date. The `row` fast field links each tantivy document to its vector row.
+
+use std::ops::Bound;
+
+use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::schema::{
+    DateOptions, Field, IndexRecordOption, NumericOptions, STORED, STRING, Schema,
+    TextFieldIndexing, TextOptions,
+};
+use tantivy::{DateTime, TantivyDocument, Term};
+
+use crate::{Error, Result};
+
+pub(crate) const STEM: &str = "en_stem";
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fields {
+    pub doc_id: Field,
+    pub title: Field,
+    pub text: Field,
+    pub source: Field,
+    pub author: Field,
+    pub tag: Field,
+    pub date: Field,
+    pub row: Field,
+}
+
+pub(crate) fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let stemmed = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(STEM)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    let fields = Fields {
+        doc_id: b.add_text_field("doc_id", STRING | STORED),
+        title: b.add_text_field("title", stemmed.clone()),
+        text: b.add_text_field("text", stemmed),
+        source: b.add_text_field("source", STRING),
+        author: b.add_text_field("author", STRING),
+        tag: b.add_text_field("tag", STRING),
+        date: b.add_date_field("date", DateOptions::default().set_indexed().set_fast()),
+        row: b.add_u64_field("row", NumericOptions::default().set_fast().set_stored()),
+    };
+    (b.build(), fields)
+}
+
+impl Fields {
+    pub fn from_schema(s: &Schema) -> Result<Self> {
+        let get = |n: &str| {
+            s.get_field(n).map_err(|_| Error::IncompatibleVersion {
+                dir: std::path::PathBuf::from("tantivy"),
+                found: format!("schema without field {n}"),
+                expected: "the current schema".into(),
+            })
+        };
+        Ok(Self {
+            doc_id: get("doc_id")?,
+            title: get("title")?,
+            text: get("text")?,
+            source: get("source")?,
+            author: get("author")?,
+            tag: get("tag")?,
+            date: get("date")?,
+            row: get("row")?,
+        })
+    }
+}
+
+/// Normalise a filter value (source, author, tag) the same way at index and query time.
+pub(crate) fn norm_key(s: &str) -> String {
+    s.trim().trim_end_matches('*').trim().to_lowercase()
+}
+
+/// Parse a date: `YYYY`, `YYYY-MM`, `YYYY-MM-DD` or RFC 3339. `end` picks the last
+/// instant of a partial date (for `--until`).
+pub(crate) fn parse_date(s: &str, end: bool) -> Option<DateTime> {
+    use chrono::{NaiveDate, NaiveDateTime};
+    let s = s.trim();
+    if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(DateTime::from_timestamp_secs(dt.timestamp()));
+    }
+    if let Ok(dt) = NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S") {
+        return Some(DateTime::from_timestamp_secs(dt.and_utc().timestamp()));
+    }
+    let parts: Vec<&str> = s.split('-').collect();
+    let num = |i: usize| parts.get(i).and_then(|p| p.parse::<u32>().ok());
+    let (y, m, d) = match parts.len() {
+        1 => (num(0)?, None, None),
+        2 => (num(0)?, Some(num(1)?), None),
+        3 => (num(0)?, Some(num(1)?), Some(num(2)?)),
+        _ => return None,
+    };
+    let y = i32::try_from(y).ok()?;
+    let date = match (m, d, end) {
+        (None, _, false) => NaiveDate::from_ymd_opt(y, 1, 1)?,
+        (None, _, true) => NaiveDate::from_ymd_opt(y, 12, 31)?,
+        (Some(m), None, false) => NaiveDate::from_ymd_opt(y, m, 1)?,
+        (Some(m), None, true) => {
+            let next = if m == 12 {
+                NaiveDate::from_ymd_opt(y + 1, 1, 1)?
+            } else {
+                NaiveDate::from_ymd_opt(y, m + 1, 1)?
+            };
+            next.pred_opt()?
+        }
+        (Some(m), Some(d), _) => NaiveDate::from_ymd_opt(y, m, d)?,
+    };
+    let t = if end {
+        date.and_hms_opt(23, 59, 59)?
+    } else {
+        date.and_hms_opt(0, 0, 0)?
+    };
+    Some(DateTime::from_timestamp_secs(t.and_utc().timestamp()))
+}
+
+/// The tantivy document of one chunk.
+pub(crate) fn chunk_doc(
+    f: &Fields,
+    meta: &crate::DocMeta,
+    text: &str,
+    heading_path: &[String],
+    row: u64,
+) -> TantivyDocument {
+    let mut d = TantivyDocument::default();
+    d.add_text(f.doc_id, &meta.id);
+    d.add_text(f.title, &meta.title);
+    if heading_path.is_empty() {
+        d.add_text(f.text, text);
+    } else {
+        d.add_text(f.text, format!("{}\n{text}", heading_path.join(" / ")));
+    }
+    d.add_text(f.source, norm_key(&meta.source));
+    for a in &meta.authors {
+        d.add_text(f.author, norm_key(a));
+    }
+    for t in &meta.tags {
+        d.add_text(f.tag, norm_key(t));
+    }
+    if let Some(date) = meta.date.as_deref().and_then(|s| parse_date(s, false)) {
+        d.add_date(f.date, date);
+    }
+    d.add_u64(f.row, row);
+    d
+}
+
+/// Filter clauses; `None` when there is no filter.
+pub(crate) fn filter_query(f: &Fields, filters: &crate::Filters) -> Result<Option<Box<dyn Query>>> {
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    let term = |field: Field, v: &str| -> Box<dyn Query> {
+        Box::new(TermQuery::new(
+            Term::from_field_text(field, &norm_key(v)),
+            IndexRecordOption::Basic,
+        ))
+    };
+    // Several values of one filter OR together; different filters AND.
+    for (field, values) in [
+        (f.source, &filters.source),
+        (f.author, &filters.author),
+        (f.tag, &filters.tag),
+    ] {
+        let values: Vec<&String> = values.iter().filter(|v| !v.trim().is_empty()).collect();
+        match values.len() {
+            0 => {}
+            1 => clauses.push((Occur::Must, term(field, values[0]))),
+            _ => clauses.push((
+                Occur::Must,
+                Box::new(BooleanQuery::new(
+                    values.iter().map(|v| (Occur::Should, term(field, v))).collect(),
+                )),
+            )),
+        }
+    }
+    let bound = |s: &Option<String>, end: bool| -> Result<Bound<Term>> {
+        match s {
+            None => Ok(Bound::Unbounded),
+            Some(s) => {
+                let d = parse_date(s, end).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "bad date {s:?}: use YYYY, YYYY-MM, YYYY-MM-DD or RFC 3339"
+                    ))
+                })?;
+                Ok(Bound::Included(Term::from_field_date_for_search(f.date, d)))
+            }
+        }
+    };
+    if filters.since.is_some() || filters.until.is_some() {
+        let lo = bound(&filters.since, false)?;
+        let hi = bound(&filters.until, true)?;
+        clauses.push((Occur::Must, Box::new(RangeQuery::new(lo, hi))));
+    }
+    Ok(match clauses.len() {
+        0 => None,
+        _ => Some(Box::new(BooleanQuery::new(clauses))),
+    })
+}
+
+/// BM25 query over title and text. Query syntax errors are tolerated (lenient parse);
+/// an empty result means "no searchable term".
+pub(crate) fn text_query(index: &tantivy::Index, f: &Fields, query: &str) -> Box<dyn Query> {
+    let mut parser = QueryParser::for_index(index, vec![f.title, f.text]);
+    parser.set_field_boost(f.title, 1.5);
+    let (q, _errors) = parser.parse_query_lenient(query);
+    q
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        let ts = |s: &str, e: bool| parse_date(s, e).map(|d| d.into_timestamp_secs());
+        assert_eq!(ts("2020-03-30T00:00:00Z", false), Some(1_585_526_400));
+        assert_eq!(ts("2020-03-30", false), Some(1_585_526_400));
+        assert_eq!(ts("2020", false), ts("2020-01-01", false));
+        assert_eq!(ts("2020-02", true), ts("2020-02-29T23:59:59Z", false));
+        assert_eq!(ts("2020", true), ts("2020-12-31T23:59:59Z", false));
+        assert_eq!(ts("yesterday", false), None);
+        assert_eq!(ts("2020-13-01", false), None);
+    }
+
+    #[test]
+    fn norm() {
+        assert_eq!(norm_key(" Andrew Ilyas* "), "andrew ilyas");
+    }
+}

@@ -1,0 +1,204 @@
+//! A BERT encoder (post-LayerNorm, absolute positions, exact GELU) on packed f32 rows.
+//!
+//! Why not candle's `BertModel`: it pads every batch to its longest sequence, runs
+//! attention over the padding, and goes through several `contiguous` copies per layer;
+//! measured at ~44 texts/s against ~76/s for sentence-transformers on 2 cores (issue 3).
+//! Here the sequences of a batch are *packed* one after the other into one
+//! `[total_tokens, hidden]` matrix: the dense layers (QKV, output, FFN), which are
+//! position-wise, run as one large GEMM over every real token with no padding at all,
+//! and attention runs per sequence on views into the fused QKV matrix (no copies).
+
+use gemm::Parallelism;
+
+use super::ops::{self, Linear};
+
+/// Shape of a BERT encoder (from the model's `config.json`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct BertConfig {
+    pub vocab: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub intermediate: usize,
+    pub max_positions: usize,
+    pub type_vocab: usize,
+    pub eps: f32,
+}
+
+impl BertConfig {
+    pub fn head_dim(&self) -> usize {
+        self.hidden / self.heads
+    }
+}
+
+pub(crate) struct Layer {
+    /// Q, K and V fused into one `[hidden, 3·hidden]` layer; Q is pre-scaled by 1/√head_dim.
+    pub qkv: Linear,
+    pub attn_out: Linear,
+    pub ln1_g: Vec<f32>,
+    pub ln1_b: Vec<f32>,
+    pub ffn_in: Linear,
+    pub ffn_out: Linear,
+    pub ln2_g: Vec<f32>,
+    pub ln2_b: Vec<f32>,
+}
+
+/// Weights of the encoder, all f32.
+pub(crate) struct Bert {
+    pub cfg: BertConfig,
+    /// `[vocab, hidden]`.
+    pub word: Vec<f32>,
+    /// `[max_positions, hidden]` with the token-type-0 embedding already added.
+    pub pos_type0: Vec<f32>,
+    pub emb_ln_g: Vec<f32>,
+    pub emb_ln_b: Vec<f32>,
+    pub layers: Vec<Layer>,
+}
+
+/// Scratch buffers for one pack; reused across layers.
+struct Scratch {
+    x: Vec<f32>,
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    tmp: Vec<f32>,
+    inter: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+impl Bert {
+    /// Mean-pooled (not yet normalised) embeddings of the sequences `seqs`, each a list of
+    /// token ids already wrapped in `[CLS] … [SEP]`, non-empty, at most `max_positions`
+    /// long, every id `< vocab` (the caller guarantees all three).
+    ///
+    /// `par` threads the GEMMs; callers that already run packs in parallel pass `None`.
+    pub fn encode_pack(&self, seqs: &[&[u32]], par: Parallelism) -> Vec<Vec<f32>> {
+        let h = self.cfg.hidden;
+        let total: usize = seqs.iter().map(|s| s.len()).sum();
+        let max_len = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut s = Scratch {
+            x: vec![0.0; total * h],
+            qkv: vec![0.0; total * 3 * h],
+            ctx: vec![0.0; total * h],
+            tmp: vec![0.0; total * h],
+            inter: vec![0.0; total * self.cfg.intermediate],
+            scores: vec![0.0; max_len * max_len],
+        };
+
+        // Embeddings: word + position + token type 0, then LayerNorm.
+        let mut row = 0;
+        for seq in seqs {
+            for (p, &id) in seq.iter().enumerate() {
+                let dst = &mut s.x[row * h..(row + 1) * h];
+                dst.copy_from_slice(&self.word[id as usize * h..(id as usize + 1) * h]);
+                ops::add_assign(dst, &self.pos_type0[p * h..(p + 1) * h]);
+                row += 1;
+            }
+        }
+        ops::add_layer_norm(&mut s.x, &[], &self.emb_ln_g, &self.emb_ln_b, self.cfg.eps);
+
+        for layer in &self.layers {
+            self.layer_forward(layer, seqs, total, &mut s, par);
+        }
+
+        // Mean pooling over every token of each sequence ([CLS] and [SEP] included, as
+        // sentence-transformers does with an all-ones attention mask).
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut start = 0;
+        for seq in seqs {
+            let mut v = vec![0.0f32; h];
+            for r in start..start + seq.len() {
+                ops::add_assign(&mut v, &s.x[r * h..(r + 1) * h]);
+            }
+            let inv = 1.0 / seq.len() as f32;
+            v.iter_mut().for_each(|x| *x *= inv);
+            out.push(v);
+            start += seq.len();
+        }
+        out
+    }
+
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        seqs: &[&[u32]],
+        total: usize,
+        s: &mut Scratch,
+        par: Parallelism,
+    ) {
+        let h = self.cfg.hidden;
+        let hd = self.cfg.head_dim();
+        let qkv_w = 3 * h;
+        layer.qkv.forward(&s.x, total, &mut s.qkv, par);
+
+        // Attention, one sequence and one head at a time, on strided views into qkv.
+        let mut start = 0;
+        for seq in seqs {
+            let l = seq.len();
+            let base = start * qkv_w;
+            for head in 0..self.cfg.heads {
+                let q = &s.qkv[base + head * hd..];
+                let k = &s.qkv[base + h + head * hd..];
+                let v = &s.qkv[base + 2 * h + head * hd..];
+                let scores = &mut s.scores[..l * l];
+                // The views reach (l-1)·qkv_w + hd elements past their start.
+                assert!(q.len() >= (l - 1) * qkv_w + hd && v.len() >= (l - 1) * qkv_w + hd);
+                assert!(k.len() >= (l - 1) * qkv_w + hd);
+                // SAFETY: scores is l×l with row stride l; q and k are l×hd views with row
+                // stride qkv_w, k read transposed (b[i][j] = k[j][i]); bounds asserted.
+                unsafe {
+                    ops::matmul_strided(
+                        l,
+                        l,
+                        hd,
+                        scores.as_mut_ptr(),
+                        l,
+                        q.as_ptr(),
+                        qkv_w,
+                        k.as_ptr(),
+                        1,
+                        qkv_w,
+                    );
+                }
+                ops::softmax_rows(scores, l);
+                let ctx = &mut s.ctx[start * h + head * hd..];
+                assert!(ctx.len() >= (l - 1) * h + hd);
+                // SAFETY: ctx is an l×hd view with row stride h (bounds asserted), scores
+                // is l×l, v an l×hd view with row stride qkv_w; ctx overlaps neither.
+                unsafe {
+                    ops::matmul_strided(
+                        l,
+                        hd,
+                        l,
+                        ctx.as_mut_ptr(),
+                        h,
+                        scores.as_ptr(),
+                        l,
+                        v.as_ptr(),
+                        qkv_w,
+                        1,
+                    );
+                }
+            }
+            start += l;
+        }
+
+        layer.attn_out.forward(&s.ctx, total, &mut s.tmp, par);
+        ops::add_layer_norm(
+            &mut s.x[..total * h],
+            &s.tmp[..total * h],
+            &layer.ln1_g,
+            &layer.ln1_b,
+            self.cfg.eps,
+        );
+        layer.ffn_in.forward(&s.x, total, &mut s.inter, par);
+        ops::gelu(&mut s.inter[..total * self.cfg.intermediate]);
+        layer.ffn_out.forward(&s.inter, total, &mut s.tmp, par);
+        ops::add_layer_norm(
+            &mut s.x[..total * h],
+            &s.tmp[..total * h],
+            &layer.ln2_g,
+            &layer.ln2_b,
+            self.cfg.eps,
+        );
+    }
+}

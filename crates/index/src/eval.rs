@@ -1,0 +1,190 @@
+//! Retrieval evaluation on BEIR-format files: queries JSONL (`{"_id","text"}`) and
+//! qrels TSV (`query-id<TAB>corpus-id<TAB>score`, header line). Metrics: nDCG@10
+//! (graded gains, log2 discount), MRR@10, Recall@1/10/100.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Fusion, Index, Mode, Result, SearchRequest};
+
+/// One query.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Query {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub text: String,
+}
+
+/// Relevance judgements: query id -> (doc id -> grade > 0).
+pub type Qrels = HashMap<String, HashMap<String, f64>>;
+
+/// Mean metrics over the judged queries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    #[serde(rename = "ndcg@10")]
+    pub ndcg10: f64,
+    #[serde(rename = "mrr@10")]
+    pub mrr10: f64,
+    #[serde(rename = "recall@1")]
+    pub recall1: f64,
+    #[serde(rename = "recall@10")]
+    pub recall10: f64,
+    #[serde(rename = "recall@100")]
+    pub recall100: f64,
+    /// Queries scored (queries with at least one relevant document).
+    pub queries: usize,
+}
+
+/// Read BEIR queries. A malformed line is an error naming the line.
+pub fn read_queries(path: &Path) -> Result<Vec<Query>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(rename = "_id")]
+            id: serde_json::Value,
+            text: String,
+        }
+        let raw: Raw = serde_json::from_str(line).map_err(|e| Error::EvalInput {
+            path: path.to_path_buf(),
+            line: i + 1,
+            reason: format!("expected {{\"_id\", \"text\"}}: {e}"),
+        })?;
+        let id = match raw.id {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        out.push(Query { id, text: raw.text });
+    }
+    Ok(out)
+}
+
+/// Read BEIR qrels (TSV with a header line; grades <= 0 are not relevant).
+pub fn read_qrels(path: &Path) -> Result<Qrels> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+    let mut q: Qrels = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let cols: Vec<&str> = line.split('\t').map(str::trim).collect();
+        if line.trim().is_empty() {
+            continue;
+        }
+        if i == 0 && cols.first().is_some_and(|c| c.eq_ignore_ascii_case("query-id")) {
+            continue;
+        }
+        let bad = |reason: String| Error::EvalInput { path: path.to_path_buf(), line: i + 1, reason };
+        if cols.len() < 3 {
+            return Err(bad("expected query-id<TAB>corpus-id<TAB>score".into()));
+        }
+        let grade: f64 = cols[2].parse().map_err(|_| bad(format!("bad score {:?}", cols[2])))?;
+        if grade > 0.0 {
+            q.entry(cols[0].to_string()).or_default().insert(cols[1].to_string(), grade);
+        }
+    }
+    Ok(q)
+}
+
+/// Per-query metrics for a ranked list of document ids.
+pub fn score_one(ranked: &[String], rel: &HashMap<String, f64>) -> Metrics {
+    let mut dcg = 0.0;
+    let mut rr = 0.0;
+    for (i, id) in ranked.iter().take(10).enumerate() {
+        if let Some(&g) = rel.get(id) {
+            dcg += (2f64.powf(g) - 1.0) / ((i + 2) as f64).log2();
+            if rr == 0.0 {
+                rr = 1.0 / (i + 1) as f64;
+            }
+        }
+    }
+    let mut grades: Vec<f64> = rel.values().copied().collect();
+    grades.sort_by(|a, b| b.total_cmp(a));
+    let idcg: f64 = grades
+        .iter()
+        .take(10)
+        .enumerate()
+        .map(|(i, g)| (2f64.powf(*g) - 1.0) / ((i + 2) as f64).log2())
+        .sum();
+    let recall = |n: usize| {
+        let found = ranked.iter().take(n).filter(|id| rel.contains_key(*id)).count();
+        found as f64 / rel.len().max(1) as f64
+    };
+    Metrics {
+        ndcg10: if idcg > 0.0 { dcg / idcg } else { 0.0 },
+        mrr10: rr,
+        recall1: recall(1),
+        recall10: recall(10),
+        recall100: recall(100),
+        queries: 1,
+    }
+}
+
+/// Evaluate one mode: search each judged query (k = 100, document level).
+pub fn evaluate(index: &Index, queries: &[Query], qrels: &Qrels, mode: Mode, fusion: Fusion) -> Result<Metrics> {
+    let mut sum = Metrics::default();
+    for q in queries {
+        let Some(rel) = qrels.get(&q.id) else {
+            continue;
+        };
+        let mut req = SearchRequest::new(q.text.clone(), 100);
+        req.mode = mode;
+        req.fusion = fusion;
+        let ranked: Vec<String> = index.search(&req)?.into_iter().map(|h| h.id).collect();
+        let m = score_one(&ranked, rel);
+        sum.ndcg10 += m.ndcg10;
+        sum.mrr10 += m.mrr10;
+        sum.recall1 += m.recall1;
+        sum.recall10 += m.recall10;
+        sum.recall100 += m.recall100;
+        sum.queries += 1;
+    }
+    let n = sum.queries.max(1) as f64;
+    Ok(Metrics {
+        ndcg10: sum.ndcg10 / n,
+        mrr10: sum.mrr10 / n,
+        recall1: sum.recall1 / n,
+        recall10: sum.recall10 / n,
+        recall100: sum.recall100 / n,
+        queries: sum.queries,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_by_hand() {
+        let rel: HashMap<String, f64> = [("a".to_string(), 1.0), ("b".to_string(), 1.0)].into();
+        let ranked: Vec<String> = ["x", "a", "y", "b"].iter().map(|s| s.to_string()).collect();
+        let m = score_one(&ranked, &rel);
+        let dcg = 1.0 / 3f64.log2() + 1.0 / 5f64.log2();
+        let idcg = 1.0 + 1.0 / 3f64.log2();
+        assert!((m.ndcg10 - dcg / idcg).abs() < 1e-12);
+        assert_eq!((m.mrr10, m.recall1, m.recall10), (0.5, 0.0, 1.0));
+        let none = score_one(&[], &rel);
+        assert_eq!((none.ndcg10, none.mrr10, none.recall100), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn beir_files() {
+        let d = tempfile::tempdir().expect("tmp");
+        let q = d.path().join("q.jsonl");
+        std::fs::write(&q, "{\"_id\": \"1\", \"text\": \"hello\"}\n{\"_id\": 2, \"text\": \"x\"}\n").expect("w");
+        let qs = read_queries(&q).expect("queries");
+        assert_eq!(qs[1].id, "2");
+        std::fs::write(&q, "{\"_id\": \"1\"}\n").expect("w");
+        assert!(read_queries(&q).unwrap_err().to_string().contains(":1:"));
+        let r = d.path().join("r.tsv");
+        std::fs::write(&r, "query-id\tcorpus-id\tscore\n1\tdocA\t1\n1\tdocB\t0\n2\tdocC\t2\n").expect("w");
+        let qr = read_qrels(&r).expect("qrels");
+        assert_eq!(qr["1"].len(), 1);
+        assert_eq!(qr["2"]["docC"], 2.0);
+        std::fs::write(&r, "query-id\tcorpus-id\tscore\n1\tdocA\n").expect("w");
+        assert!(read_qrels(&r).unwrap_err().to_string().contains(":2:"));
+    }
+}

@@ -1,0 +1,117 @@
+//! Fusion of ranked lists: reciprocal-rank fusion and a convex combination of
+//! min-max normalised scores. Pure functions over (key, score) lists so they are
+//! tested without an index.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How hybrid search merges the BM25 and dense lists.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fusion {
+    /// Reciprocal-rank fusion: `sum 1 / (k + rank)`, rank from 1.
+    Rrf { k: f32 },
+    /// `alpha * dense + (1 - alpha) * bm25`, each min-max normalised over its list;
+    /// a key missing from a list gets 0 there.
+    Convex { alpha: f32 },
+}
+
+impl Default for Fusion {
+    /// Chosen on the dev half of `eval/retrieval` (see docs/BENCHMARKS.md).
+    fn default() -> Self {
+        Fusion::Convex { alpha: DEFAULT_ALPHA }
+    }
+}
+
+/// Default weight of the dense list in [`Fusion::Convex`].
+pub const DEFAULT_ALPHA: f32 = 0.5;
+/// Default constant of [`Fusion::Rrf`].
+pub const DEFAULT_RRF_K: f32 = 60.0;
+
+/// Fuse `bm25` and `dense` (each best first, keys unique within a list).
+/// Returns keys best first with their fused score.
+pub(crate) fn fuse(bm25: &[(u32, f32)], dense: &[(u32, f32)], fusion: Fusion) -> Vec<(u32, f32)> {
+    let mut acc: HashMap<u32, f32> = HashMap::with_capacity(bm25.len() + dense.len());
+    match fusion {
+        Fusion::Rrf { k } => {
+            let k = if k.is_finite() && k >= 0.0 { k } else { DEFAULT_RRF_K };
+            for list in [bm25, dense] {
+                for (rank, (key, _)) in list.iter().enumerate() {
+                    *acc.entry(*key).or_default() += 1.0 / (k + rank as f32 + 1.0);
+                }
+            }
+        }
+        Fusion::Convex { alpha } => {
+            let alpha = if alpha.is_finite() { alpha.clamp(0.0, 1.0) } else { DEFAULT_ALPHA };
+            for (list, w) in [(bm25, 1.0 - alpha), (dense, alpha)] {
+                let (lo, hi) = list.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), (_, s)| {
+                    (lo.min(*s), hi.max(*s))
+                });
+                for (key, s) in list {
+                    let norm = if hi > lo { (s - lo) / (hi - lo) } else { 1.0 };
+                    *acc.entry(*key).or_default() += w * norm;
+                }
+            }
+        }
+    }
+    let mut out: Vec<(u32, f32)> = acc.into_iter().collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    out
+}
+
+/// Collapse a chunk list (best first) to a document list: each document keeps its
+/// first (best) chunk's score. `doc_of` maps a chunk key to its document.
+pub(crate) fn to_docs(list: &[(u32, f32)], doc_of: impl Fn(u32) -> u32) -> Vec<(u32, f32)> {
+    let mut seen = std::collections::HashSet::new();
+    list.iter()
+        .filter_map(|&(row, s)| {
+            let d = doc_of(row);
+            seen.insert(d).then_some((d, s))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rrf_rewards_agreement() {
+        let bm25 = [(1, 9.0), (2, 5.0), (3, 1.0)];
+        let dense = [(4, 0.9), (2, 0.8), (3, 0.1)];
+        let f = fuse(&bm25, &dense, Fusion::Rrf { k: 60.0 });
+        assert_eq!(f[0].0, 2); // ranks 2 and 2 beat ranks 1 and absent
+        assert!((f[0].1 - 2.0 / 62.0).abs() < 1e-6);
+        assert_eq!(f.len(), 4);
+    }
+
+    #[test]
+    fn convex_endpoints_reproduce_single_lists() {
+        let bm25 = [(1, 9.0), (2, 5.0), (3, 1.0)];
+        let dense = [(3, 0.9), (2, 0.8), (4, 0.1)];
+        let only_bm25: Vec<u32> = fuse(&bm25, &dense, Fusion::Convex { alpha: 0.0 })
+            .iter()
+            .take(3)
+            .map(|x| x.0)
+            .collect();
+        assert_eq!(only_bm25, vec![1, 2, 3]);
+        let only_dense: Vec<u32> = fuse(&bm25, &dense, Fusion::Convex { alpha: 1.0 })
+            .iter()
+            .take(2)
+            .map(|x| x.0)
+            .collect();
+        assert_eq!(only_dense, vec![3, 2]);
+        let mid = fuse(&bm25, &dense, Fusion::Convex { alpha: 0.5 });
+        // 3: 0.5*0 + 0.5*1 = 0.5; 2: 0.5*0.5 + 0.5*0.875 = 0.6875 -> 2 first
+        assert_eq!(mid[0].0, 2);
+        assert!((mid[0].1 - 0.6875).abs() < 1e-6);
+    }
+
+    #[test]
+    fn docs_keep_best_chunk() {
+        let l = [(10, 3.0), (11, 2.0), (20, 1.5), (12, 1.0)];
+        let d = to_docs(&l, |r| r / 10);
+        assert_eq!(d, vec![(1, 3.0), (2, 1.5)]);
+    }
+}

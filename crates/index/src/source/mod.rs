@@ -1,0 +1,479 @@
+//! Readers that turn input paths into documents: Alignment Research Dataset JSONL,
+//! folders of markdown, HTML, PDF and plain text. They never fail the whole run for
+//! one bad record: each problem becomes a [`Failure`] and reading goes on.
+
+mod html;
+mod pdf;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Metadata of one document (everything but its text).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DocMeta {
+    /// Document id: the ARD `id` for JSONL input, the canonical path for files.
+    pub id: String,
+    pub title: String,
+    pub authors: Vec<String>,
+    /// Publication date as given (ISO 8601 for ARD).
+    pub date: Option<String>,
+    pub url: Option<String>,
+    /// Collection name: the ARD `source`, or the folder/file name for files.
+    pub source: String,
+    pub source_type: Option<String>,
+    pub tags: Vec<String>,
+    /// Every other field of the input record, kept as is.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub extra: Map<String, Value>,
+}
+
+/// A document read from a source, ready for chunking.
+#[derive(Debug, Clone)]
+pub(crate) struct SourceDoc {
+    pub meta: DocMeta,
+    pub text: String,
+    /// Canonical path of the ingest argument it came from (the unit of `--prune`).
+    pub origin: String,
+    /// Where it came from, for messages: `file` or `file:line`.
+    pub location: String,
+}
+
+/// Why one input could not be ingested.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// File (and line for JSONL) of the input.
+    pub location: String,
+    /// Document id when known.
+    pub id: Option<String>,
+    pub reason: String,
+}
+
+pub(crate) enum Item {
+    Doc(Box<SourceDoc>),
+    Failed(Failure),
+}
+
+/// One ingest argument, expanded to the files it contains.
+#[derive(Debug)]
+pub(crate) struct Root {
+    pub origin: String,
+    pub name: String,
+    pub files: Vec<(PathBuf, Kind)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Kind {
+    Jsonl,
+    Markdown,
+    Html,
+    Pdf,
+    Text,
+}
+
+impl Kind {
+    fn of(path: &Path) -> Option<Kind> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        Some(match ext.as_str() {
+            "jsonl" | "ndjson" => Kind::Jsonl,
+            "md" | "markdown" => Kind::Markdown,
+            "html" | "htm" | "xhtml" => Kind::Html,
+            "pdf" => Kind::Pdf,
+            "txt" | "text" => Kind::Text,
+            _ => return None,
+        })
+    }
+}
+
+/// Expand ingest arguments to roots; a missing path or an unsupported file becomes a failure.
+pub(crate) fn expand(paths: &[PathBuf], failures: &mut Vec<Failure>) -> Vec<Root> {
+    let mut roots = Vec::new();
+    for p in paths {
+        let canon = match p.canonicalize() {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(Failure {
+                    location: p.display().to_string(),
+                    id: None,
+                    reason: format!("cannot open: {e}"),
+                });
+                continue;
+            }
+        };
+        let name = canon
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "files".to_string());
+        let mut files = Vec::new();
+        if canon.is_dir() {
+            walk(&canon, &mut files, failures);
+            files.sort();
+        } else {
+            match Kind::of(&canon) {
+                Some(k) => files.push((canon.clone(), k)),
+                None => failures.push(Failure {
+                    location: p.display().to_string(),
+                    id: None,
+                    reason: "unsupported file type (expected .jsonl, .md, .html, .pdf or .txt)"
+                        .into(),
+                }),
+            }
+        }
+        roots.push(Root {
+            origin: canon.to_string_lossy().into_owned(),
+            name,
+            files,
+        });
+    }
+    roots
+}
+
+fn walk(dir: &Path, out: &mut Vec<(PathBuf, Kind)>, failures: &mut Vec<Failure>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            failures.push(Failure {
+                location: dir.display().to_string(),
+                id: None,
+                reason: format!("cannot list folder: {e}"),
+            });
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if path.is_dir() {
+            walk(&path, out, failures);
+        } else if let Some(k) = Kind::of(&path) {
+            out.push((path, k));
+        }
+    }
+}
+
+/// Units of work in a file, for the progress bar (lines for JSONL, 1 otherwise).
+pub(crate) fn work_units(path: &Path, kind: Kind) -> u64 {
+    if kind != Kind::Jsonl {
+        return 1;
+    }
+    let Ok(f) = std::fs::File::open(path) else {
+        return 1;
+    };
+    let mut r = BufReader::with_capacity(1 << 16, f);
+    let mut n = 0u64;
+    let mut buf = Vec::new();
+    while let Ok(k) = r.read_until(b'\n', &mut buf) {
+        if k == 0 {
+            break;
+        }
+        n += 1;
+        buf.clear();
+    }
+    n.max(1)
+}
+
+/// Read one file of a root, calling `emit` for each document or failure, and
+/// `tick` once per work unit (see [`work_units`]).
+pub(crate) fn read_file(
+    root: &Root,
+    path: &Path,
+    kind: Kind,
+    emit: &mut dyn FnMut(Item),
+    tick: &mut dyn FnMut(u64),
+) {
+    let location = path.display().to_string();
+    if kind == Kind::Jsonl {
+        read_jsonl(root, path, emit, tick);
+        return;
+    }
+    tick(1);
+    let fail = |reason: String| {
+        Item::Failed(Failure {
+            location: location.clone(),
+            id: Some(location.clone()),
+            reason,
+        })
+    };
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => return emit(fail(format!("cannot read: {e}"))),
+    };
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (title, text) = match kind {
+        Kind::Pdf => match pdf::extract(&bytes) {
+            Ok(t) => (stem, t),
+            Err(reason) => return emit(fail(reason)),
+        },
+        _ => {
+            let raw = String::from_utf8_lossy(&bytes);
+            match kind {
+                Kind::Html => html::to_text(&raw),
+                Kind::Markdown => markdown(&raw, &stem),
+                _ => (plain_title(&raw, &stem), raw.replace("\r\n", "\n")),
+            }
+        }
+    };
+    if text.trim().is_empty() {
+        return emit(fail("no text".into()));
+    }
+    let meta = DocMeta {
+        id: location.clone(),
+        title,
+        url: Some(format!("file://{location}")),
+        source: root.name.clone(),
+        source_type: Some(
+            match kind {
+                Kind::Pdf => "pdf",
+                Kind::Html => "html",
+                Kind::Markdown => "markdown",
+                _ => "text",
+            }
+            .into(),
+        ),
+        ..DocMeta::default()
+    };
+    emit(Item::Doc(Box::new(SourceDoc {
+        meta,
+        text,
+        origin: root.origin.clone(),
+        location,
+    })));
+}
+
+/// Markdown: drop a YAML front-matter block (taking `title:` from it), title from the
+/// first `# ` heading else the file name.
+fn markdown(raw: &str, stem: &str) -> (String, String) {
+    let raw = raw.replace("\r\n", "\n");
+    let mut body = raw.as_str();
+    let mut title = None;
+    if let Some(rest) = raw.strip_prefix("---\n")
+        && let Some(end) = rest.find("\n---")
+    {
+        for line in rest[..end].lines() {
+            if let Some(t) = line.strip_prefix("title:") {
+                title = Some(t.trim().trim_matches('"').to_string());
+            }
+        }
+        body = rest[end + 4..].trim_start_matches(['-', '\n']);
+    }
+    let title = title.or_else(|| {
+        body.lines()
+            .find_map(|l| l.strip_prefix("# ").map(|t| t.trim().to_string()))
+    });
+    (
+        title.unwrap_or_else(|| stem.to_string()),
+        body.to_string(),
+    )
+}
+
+fn plain_title(raw: &str, stem: &str) -> String {
+    raw.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .filter(|l| l.chars().count() <= 120)
+        .map(str::to_string)
+        .unwrap_or_else(|| stem.to_string())
+}
+
+fn read_jsonl(root: &Root, path: &Path, emit: &mut dyn FnMut(Item), tick: &mut dyn FnMut(u64)) {
+    let location = path.display().to_string();
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            tick(1);
+            return emit(Item::Failed(Failure {
+                location,
+                id: None,
+                reason: format!("cannot read: {e}"),
+            }));
+        }
+    };
+    let default_source = root.name.clone();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut buf = Vec::new();
+    let mut line_no = 0usize;
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                emit(Item::Failed(Failure {
+                    location: format!("{location}:{}", line_no + 1),
+                    id: None,
+                    reason: format!("read error: {e}"),
+                }));
+                break;
+            }
+        }
+        line_no += 1;
+        tick(1);
+        let loc = format!("{location}:{line_no}");
+        let line = match std::str::from_utf8(&buf) {
+            Ok(l) => l.trim(),
+            Err(_) => {
+                emit(Item::Failed(Failure {
+                    location: loc,
+                    id: None,
+                    reason: "line is not valid UTF-8".into(),
+                }));
+                continue;
+            }
+        };
+        if line.is_empty() {
+            continue;
+        }
+        match parse_ard(line, &default_source) {
+            Ok((meta, text)) => emit(Item::Doc(Box::new(SourceDoc {
+                meta,
+                text,
+                origin: root.origin.clone(),
+                location: loc,
+            }))),
+            Err((id, reason)) => emit(Item::Failed(Failure {
+                location: loc,
+                id,
+                reason,
+            })),
+        }
+    }
+}
+
+type ParseError = (Option<String>, String);
+
+/// Parse one ARD record. Known fields go to [`DocMeta`], the rest to `extra`.
+pub(crate) fn parse_ard(line: &str, default_source: &str) -> Result<(DocMeta, String), ParseError> {
+    let value: Value =
+        serde_json::from_str(line).map_err(|e| (None, format!("malformed JSON: {e}")))?;
+    let Value::Object(mut obj) = value else {
+        return Err((None, "not a JSON object".into()));
+    };
+    let id = match obj.remove("id") {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        None | Some(Value::Null) => None,
+        Some(Value::String(_)) => return Err((None, "empty \"id\"".into())),
+        Some(_) => return Err((None, "\"id\" is not a string".into())),
+    };
+    let take_str = |obj: &mut Map<String, Value>, k: &str| match obj.remove(k) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let take_list = |obj: &mut Map<String, Value>, k: &str| match obj.remove(k) {
+        Some(Value::Array(a)) => a
+            .into_iter()
+            .filter_map(|v| match v {
+                Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+                _ => None,
+            })
+            .collect(),
+        Some(Value::String(s)) if !s.trim().is_empty() => {
+            s.split([',', ';']).map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()
+        }
+        _ => Vec::new(),
+    };
+    let mut text = take_str(&mut obj, "text").unwrap_or_default();
+    if text.trim().is_empty() {
+        // Some ARD records carry only summaries; they are still worth finding.
+        if let Some(Value::Array(s)) = obj.get("summaries") {
+            text = s
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("\n\n");
+        }
+    }
+    let title = take_str(&mut obj, "title").unwrap_or_default();
+    if text.trim().is_empty() {
+        return Err((id, "record has no text".into()));
+    }
+    let id = match id {
+        Some(id) => id,
+        None => {
+            // No id: derive a stable one from the content so re-ingesting is idempotent.
+            use sha2::Digest;
+            let h = sha2::Sha256::digest(format!("{title}\u{0}{text}").as_bytes());
+            h.iter().take(16).map(|b| format!("{b:02x}")).collect()
+        }
+    };
+    let date = take_str(&mut obj, "date_published").or_else(|| take_str(&mut obj, "date"));
+    let meta = DocMeta {
+        id,
+        title,
+        authors: take_list(&mut obj, "authors"),
+        date,
+        url: take_str(&mut obj, "url"),
+        source: take_str(&mut obj, "source").unwrap_or_else(|| default_source.to_string()),
+        source_type: take_str(&mut obj, "source_type"),
+        tags: take_list(&mut obj, "tags"),
+        extra: obj,
+    };
+    Ok((meta, text))
+}
+
+/// A one-page PDF with `text` (or none), for tests.
+#[cfg(test)]
+pub(crate) fn test_pdf(text: Option<&str>) -> Vec<u8> {
+    pdf::tests::make_pdf(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ard_record_keeps_extra_fields() {
+        let line = r#"{"id":"a1","source":"s","title":"T","authors":["X Y"],"text":"body","url":"u","date_published":"2020-01-02T00:00:00Z","tags":["t1"],"newsletter":{"n":3},"summaries":["sum"]}"#;
+        let (m, text) = parse_ard(line, "dflt").expect("valid record");
+        assert_eq!(m.id, "a1");
+        assert_eq!(text, "body");
+        assert_eq!(m.authors, vec!["X Y"]);
+        assert_eq!(m.date.as_deref(), Some("2020-01-02T00:00:00Z"));
+        assert_eq!(m.extra.get("newsletter"), Some(&serde_json::json!({"n":3})));
+        assert!(m.extra.contains_key("summaries"));
+        assert_eq!(m.source, "s");
+    }
+
+    #[test]
+    fn ard_errors_are_reasons() {
+        assert!(parse_ard("{not json", "s").unwrap_err().1.contains("malformed JSON"));
+        assert!(parse_ard("[1,2]", "s").unwrap_err().1.contains("not a JSON object"));
+        let (id, r) = parse_ard(r#"{"id":"x","text":"  "}"#, "s").unwrap_err();
+        assert_eq!(id.as_deref(), Some("x"));
+        assert!(r.contains("no text"));
+        // summaries stand in for a missing text
+        let (m, t) = parse_ard(r#"{"id":"y","summaries":["a","b"]}"#, "s").expect("summaries");
+        assert_eq!((m.source.as_str(), t.as_str()), ("s", "a\n\nb"));
+    }
+
+    #[test]
+    fn missing_id_is_derived_from_content() {
+        let (a, _) = parse_ard(r#"{"title":"t","text":"x"}"#, "s").expect("ok");
+        let (b, _) = parse_ard(r#"{"title":"t","text":"x"}"#, "s").expect("ok");
+        assert_eq!(a.id, b.id);
+        assert_eq!(a.id.len(), 32);
+    }
+
+    #[test]
+    fn markdown_front_matter_and_title() {
+        let (t, body) = markdown("---\ntitle: \"Hello\"\n---\n# Other\ntext", "stem");
+        assert_eq!(t, "Hello");
+        assert!(body.starts_with("# Other"));
+        let (t, _) = markdown("intro\n# Heading one\nx", "stem");
+        assert_eq!(t, "Heading one");
+        let (t, _) = markdown("no heading", "stem");
+        assert_eq!(t, "stem");
+    }
+}

@@ -1,0 +1,173 @@
+//! MiniLm against sentence-transformers: the committed fixture
+//! `tests/fixtures/embed_minilm.json` was made by `scripts/reference/embed_fixture.py`
+//! from the same model folder.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use overseer_index::{Embedder, MiniLm};
+
+fn model_dir() -> PathBuf {
+    let dir = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/all-minilm-l6-v2"
+    ));
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "{} is missing: run scripts/fetch-models",
+        dir.display()
+    );
+    dir
+}
+
+fn model() -> &'static MiniLm {
+    static M: OnceLock<MiniLm> = OnceLock::new();
+    M.get_or_init(|| MiniLm::load(&model_dir(), 2).expect("model folder loads"))
+}
+
+struct Item {
+    text: String,
+    tokens: usize,
+    embedding: Vec<f32>,
+}
+
+fn fixture() -> Vec<Item> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/embed_minilm.json"
+    );
+    let text = std::fs::read_to_string(path).expect("fixture is committed");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("fixture is JSON");
+    assert_eq!(v["max_seq_length"], 256);
+    v["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|it| Item {
+            text: it["text"].as_str().expect("text").to_string(),
+            tokens: it["tokens"].as_u64().expect("tokens") as usize,
+            embedding: it["embedding"]
+                .as_array()
+                .expect("embedding")
+                .iter()
+                .map(|x| x.as_f64().expect("float") as f32)
+                .collect(),
+        })
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn describes_itself() {
+    let m = model();
+    assert_eq!(m.name(), "all-MiniLM-L6-v2");
+    assert_eq!(m.dim(), 384);
+    assert_eq!(m.max_tokens(), 256);
+}
+
+#[test]
+fn matches_sentence_transformers() {
+    let m = model();
+    let items = fixture();
+    assert!(items.len() >= 30);
+    assert!(
+        items.iter().any(|it| it.tokens > 256),
+        "fixture exercises truncation"
+    );
+    let texts: Vec<&str> = items.iter().map(|it| it.text.as_str()).collect();
+    let got = m.embed(&texts).expect("embed");
+    assert_eq!(got.len(), items.len());
+    let mut worst = (1.0f64, String::new());
+    for (it, v) in items.iter().zip(&got) {
+        assert_eq!(v.len(), 384);
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "not normalised: {norm}");
+        let c = cosine(v, &it.embedding);
+        if c < worst.0 {
+            worst = (c, it.text.chars().take(60).collect());
+        }
+    }
+    eprintln!("worst cosine {:.7} for {:?}", worst.0, worst.1);
+    assert!(
+        worst.0 >= 0.999,
+        "cosine {} < 0.999 for {:?}",
+        worst.0,
+        worst.1
+    );
+}
+
+#[test]
+fn counts_tokens_like_the_reference_tokenizer() {
+    let m = model();
+    for it in fixture() {
+        assert_eq!(
+            m.count_tokens(&it.text),
+            it.tokens,
+            "token count of {:?}",
+            it.text
+        );
+    }
+}
+
+#[test]
+fn batch_invariance() {
+    let m = model();
+    let items = fixture();
+    let texts: Vec<&str> = items.iter().map(|it| it.text.as_str()).collect();
+    // Alone (one pack, threaded GEMMs) vs inside batches of different lengths and sizes
+    // (several packs in parallel).
+    let together = m.embed(&texts).expect("embed");
+    let reversed: Vec<&str> = texts.iter().rev().copied().collect();
+    let rev = m.embed(&reversed).expect("embed");
+    for (i, t) in texts.iter().enumerate().step_by(5) {
+        let alone = m.embed(&[t]).expect("embed").remove(0);
+        let pair = m
+            .embed(&[texts[(i + 7) % texts.len()], t])
+            .expect("embed")
+            .remove(1);
+        for (name, other) in [
+            ("batch", &together[i]),
+            ("reversed", &rev[texts.len() - 1 - i]),
+            ("pair", &pair),
+        ] {
+            let diff = alone
+                .iter()
+                .zip(other)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(diff <= 1e-5, "{name}: max diff {diff} for {t:?}");
+        }
+    }
+}
+
+#[test]
+fn long_text_is_truncated_not_rejected() {
+    let m = model();
+    let base = "Mesa-optimizers may pursue proxy objectives. ";
+    let long = base.repeat(200);
+    let longer = base.repeat(20_000); // ~1 MB
+    let v = m.embed(&[long.as_str(), longer.as_str()]).expect("embed");
+    // Both truncate to the same first 254 word pieces.
+    let diff = v[0]
+        .iter()
+        .zip(&v[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(diff <= 1e-5, "max diff {diff}");
+    assert!(m.count_tokens(&long) > 1000);
+}
+
+#[test]
+fn empty_batch_and_missing_model() {
+    let m = model();
+    assert!(m.embed(&[]).expect("empty batch").is_empty());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = MiniLm::load(dir.path(), 1).expect_err("empty folder is not a model");
+    assert!(err.to_string().contains("fetch-models"), "{err}");
+}

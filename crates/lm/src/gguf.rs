@@ -1,0 +1,509 @@
+//! Reading and validating GGUF files before anything trusts them.
+//!
+//! candle's reader parses the header; this module checks what a truncated or foreign
+//! file gets wrong (magic, tensor data past the end of the file, missing tensors,
+//! unsupported architecture) and turns it into an [`Error`] naming the file, and
+//! summarises the file for `overseer model info` ([`GgufInfo`]).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::Device;
+use serde::Serialize;
+
+use crate::config::{meta_str, Architecture, ModelConfig};
+use crate::{Error, Result};
+
+/// Arrays longer than this are summarised in [`GgufInfo::metadata`] (the vocabulary and
+/// merges would otherwise be megabytes of JSON).
+const MAX_ARRAY_IN_INFO: usize = 16;
+
+/// llama.cpp's name of a GGML block format.
+pub(crate) fn dtype_name(t: GgmlDType) -> &'static str {
+    match t {
+        GgmlDType::F32 => "F32",
+        GgmlDType::F16 => "F16",
+        GgmlDType::BF16 => "BF16",
+        GgmlDType::Q4_0 => "Q4_0",
+        GgmlDType::Q4_1 => "Q4_1",
+        GgmlDType::Q5_0 => "Q5_0",
+        GgmlDType::Q5_1 => "Q5_1",
+        GgmlDType::Q8_0 => "Q8_0",
+        GgmlDType::Q8_1 => "Q8_1",
+        GgmlDType::Q2K => "Q2_K",
+        GgmlDType::Q3K => "Q3_K",
+        GgmlDType::Q4K => "Q4_K",
+        GgmlDType::Q5K => "Q5_K",
+        GgmlDType::Q6K => "Q6_K",
+        GgmlDType::Q8K => "Q8_K",
+    }
+}
+
+/// One tensor of a GGUF file.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorInfo {
+    pub name: String,
+    /// GGML block format (`Q4_K`, `F32`, ...).
+    pub dtype: String,
+    /// Shape in row-major order (rows first: `[out, in]` for a weight matrix).
+    pub shape: Vec<usize>,
+    /// Byte offset of the data within the file.
+    pub offset: u64,
+    /// Size of the data in bytes.
+    pub bytes: u64,
+}
+
+/// Count and size of the tensors stored in one block format.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TypeCount {
+    pub tensors: usize,
+    pub params: u64,
+    pub bytes: u64,
+}
+
+/// Summary of a GGUF model file (`overseer model info`).
+#[derive(Debug, Clone, Serialize)]
+pub struct GgufInfo {
+    pub path: PathBuf,
+    pub file_size: u64,
+    /// `general.architecture`.
+    pub architecture: String,
+    /// `general.name`, if present.
+    pub name: Option<String>,
+    /// The model's hyper-parameters (`None` when the architecture is unsupported).
+    pub config: Option<ModelConfig>,
+    /// Total number of weights.
+    pub parameter_count: u64,
+    /// The block format holding most weights, e.g. `Q5_0`.
+    pub quantization: String,
+    /// `general.file_type` as llama.cpp names it (e.g. `Q4_K_M`), if known.
+    pub file_type: Option<String>,
+    /// Tensors per block format.
+    pub tensor_types: BTreeMap<String, TypeCount>,
+    /// Whether `tokenizer.chat_template` is present.
+    pub has_chat_template: bool,
+    pub chat_template: Option<String>,
+    /// Metadata as JSON; long arrays are replaced by a `"[N x type]"` string.
+    pub metadata: BTreeMap<String, serde_json::Value>,
+    /// All tensors, sorted by name.
+    pub tensors: Vec<TensorInfo>,
+}
+
+/// llama.cpp's `llama_ftype` names.
+fn file_type_name(v: usize) -> Option<&'static str> {
+    Some(match v {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        32 => "BF16",
+        _ => return None,
+    })
+}
+
+fn value_to_json(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::U8(x) => J::from(*x),
+        Value::I8(x) => J::from(*x),
+        Value::U16(x) => J::from(*x),
+        Value::I16(x) => J::from(*x),
+        Value::U32(x) => J::from(*x),
+        Value::I32(x) => J::from(*x),
+        Value::U64(x) => J::from(*x),
+        Value::I64(x) => J::from(*x),
+        Value::F32(x) => J::from(*x),
+        Value::F64(x) => J::from(*x),
+        Value::Bool(x) => J::from(*x),
+        Value::String(s) => J::from(s.as_str()),
+        Value::Array(a) if a.len() > MAX_ARRAY_IN_INFO => {
+            let ty = a
+                .first()
+                .map_or("empty".to_string(), |x| format!("{:?}", x.value_type()));
+            J::from(format!("[{} x {}]", a.len(), ty.to_lowercase()))
+        }
+        Value::Array(a) => J::Array(a.iter().map(value_to_json).collect()),
+    }
+}
+
+/// The first line of an error message (candle appends a backtrace when
+/// `RUST_BACKTRACE` is set; the user gets one line).
+fn first_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
+/// An opened, validated GGUF file: the parsed header plus a handle to read tensors.
+pub(crate) struct GgufFile {
+    pub path: PathBuf,
+    pub file_size: u64,
+    pub content: Content,
+    reader: BufReader<File>,
+}
+
+impl GgufFile {
+    /// Open `path` and validate its header: magic, parseable metadata, every tensor's
+    /// data inside the file.
+    ///
+    /// Errors: [`Error::Io`], [`Error::BadMagic`], [`Error::Corrupt`].
+    pub fn open(path: &Path) -> Result<Self> {
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let corrupt = |reason: String| Error::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file = File::open(path).map_err(io)?;
+        let file_size = file.metadata().map_err(io)?.len();
+        let mut reader = BufReader::new(file);
+        let mut head = Vec::with_capacity(4);
+        (&mut reader).take(4).read_to_end(&mut head).map_err(io)?;
+        let mut magic = [0u8; 4];
+        magic[..head.len()].copy_from_slice(&head);
+        if head.len() < 4 || &magic != b"GGUF" {
+            return Err(Error::BadMagic {
+                path: path.to_path_buf(),
+                magic,
+            });
+        }
+        reader.rewind().map_err(io)?;
+        let content = Content::read(&mut reader).map_err(|e| corrupt(format!("header: {}", first_line(&e))))?;
+        // Every tensor's data must lie inside the file (a truncated download fails here
+        // instead of at the first read).
+        for (name, t) in &content.tensor_infos {
+            let elems = t.shape.elem_count() as u64;
+            let block = t.ggml_dtype.block_size() as u64;
+            if elems % block != 0 {
+                return Err(corrupt(format!(
+                    "tensor '{name}' has {elems} elements, not a multiple of the {} block size {block}",
+                    dtype_name(t.ggml_dtype)
+                )));
+            }
+            let bytes = elems / block * t.ggml_dtype.type_size() as u64;
+            let end = content
+                .tensor_data_offset
+                .checked_add(t.offset)
+                .and_then(|s| s.checked_add(bytes));
+            match end {
+                Some(end) if end <= file_size => {}
+                _ => {
+                    return Err(corrupt(format!(
+                        "tensor '{name}' needs bytes up to {} but the file has only {file_size} (truncated download?)",
+                        end.map_or("overflow".to_string(), |e| e.to_string())
+                    )));
+                }
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            file_size,
+            content,
+            reader,
+        })
+    }
+
+    /// `general.architecture` as a supported family.
+    ///
+    /// Errors: [`Error::Metadata`] when missing, [`Error::UnsupportedArchitecture`].
+    pub fn architecture(&self) -> Result<Architecture> {
+        let name = meta_str(&self.content, "general.architecture").ok_or_else(|| {
+            Error::Metadata {
+                path: self.path.clone(),
+                key: "general.architecture".into(),
+                reason: "missing or not a string".into(),
+            }
+        })?;
+        Architecture::from_gguf_name(name).ok_or_else(|| Error::UnsupportedArchitecture {
+            path: self.path.clone(),
+            arch: name.to_string(),
+        })
+    }
+
+    /// Whether the file has a tensor called `name`.
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// Read tensor `name`, checking its shape (dims in row-major order) when given.
+    ///
+    /// Errors: [`Error::MissingTensor`], [`Error::Corrupt`] (wrong shape, unreadable data).
+    pub fn tensor(&mut self, name: &str, shape: Option<&[usize]>, device: &Device) -> Result<QTensor> {
+        let Some(info) = self.content.tensor_infos.get(name) else {
+            return Err(Error::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+            });
+        };
+        if let Some(shape) = shape
+            && info.shape.dims() != shape
+        {
+            return Err(Error::Corrupt {
+                path: self.path.clone(),
+                reason: format!(
+                    "tensor '{name}' has shape {:?}, expected {shape:?}",
+                    info.shape.dims()
+                ),
+            });
+        }
+        self.content
+            .tensor(&mut self.reader, name, device)
+            .map_err(|e| Error::Corrupt {
+                path: self.path.clone(),
+                reason: format!("tensor '{name}': {}", first_line(&e)),
+            })
+    }
+
+    /// Summarise the file.
+    pub fn info(&self) -> GgufInfo {
+        let c = &self.content;
+        let architecture = meta_str(c, "general.architecture").unwrap_or("").to_string();
+        let config = Architecture::from_gguf_name(&architecture)
+            .and_then(|a| ModelConfig::from_gguf(&self.path, c, a).ok());
+        let mut tensors: Vec<TensorInfo> = c
+            .tensor_infos
+            .iter()
+            .map(|(name, t)| {
+                let elems = t.shape.elem_count() as u64;
+                TensorInfo {
+                    name: name.clone(),
+                    dtype: dtype_name(t.ggml_dtype).to_string(),
+                    shape: t.shape.dims().to_vec(),
+                    offset: c.tensor_data_offset + t.offset,
+                    bytes: elems / t.ggml_dtype.block_size() as u64
+                        * t.ggml_dtype.type_size() as u64,
+                }
+            })
+            .collect();
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut tensor_types: BTreeMap<String, TypeCount> = BTreeMap::new();
+        let mut parameter_count = 0u64;
+        for t in &tensors {
+            let params: u64 = t.shape.iter().map(|&d| d as u64).product();
+            parameter_count += params;
+            let e = tensor_types.entry(t.dtype.clone()).or_insert(TypeCount {
+                tensors: 0,
+                params: 0,
+                bytes: 0,
+            });
+            e.tensors += 1;
+            e.params += params;
+            e.bytes += t.bytes;
+        }
+        let quantization = tensor_types
+            .iter()
+            .max_by_key(|(_, c)| c.params)
+            .map_or_else(|| "none".to_string(), |(k, _)| k.clone());
+        let file_type = crate::config::meta_usize(c, "general.file_type")
+            .and_then(file_type_name)
+            .map(str::to_string);
+        let chat_template = meta_str(c, "tokenizer.chat_template").map(str::to_string);
+        let metadata = c
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), value_to_json(v)))
+            .collect();
+        GgufInfo {
+            path: self.path.clone(),
+            file_size: self.file_size,
+            architecture,
+            name: meta_str(c, "general.name").map(str::to_string),
+            config,
+            parameter_count,
+            quantization,
+            file_type,
+            tensor_types,
+            has_chat_template: chat_template.is_some(),
+            chat_template,
+            metadata,
+            tensors,
+        }
+    }
+}
+
+impl GgufInfo {
+    /// Read and validate the header of `path` without loading the weights.
+    ///
+    /// Errors: as [`crate::Model::load`] for a bad file; an unsupported architecture is
+    /// not an error here (`config` is `None`).
+    pub fn read(path: &Path) -> Result<Self> {
+        Ok(GgufFile::open(path)?.info())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LoadOptions, Model};
+    use candle_core::quantized::gguf_file;
+    use candle_core::Tensor;
+
+    fn smollm() -> PathBuf {
+        let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"))
+            .join("SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert!(p.exists(), "{} is missing: run scripts/fetch-models", p.display());
+        p
+    }
+
+    fn load_err(path: &Path) -> Error {
+        match Model::load(path, &LoadOptions::default()) {
+            Ok(_) => panic!("{} loaded but should not", path.display()),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn truncated_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bytes = std::fs::read(smollm()).expect("read model");
+        // Cut in the tensor data, and in the header.
+        for (name, len) in [("half.gguf", bytes.len() / 2), ("head.gguf", 5000), ("last.gguf", bytes.len() - 1)] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, &bytes[..len]).expect("write");
+            let e = load_err(&p);
+            assert!(matches!(e, Error::Corrupt { .. }), "{name}: {e:?}");
+            let msg = e.to_string();
+            assert!(msg.contains(name), "{msg}");
+            assert!(msg.contains("truncated"), "{msg}");
+            assert!(!msg.contains('\n'), "one line: {msg}");
+            // model info refuses it too.
+            assert!(GgufInfo::read(&p).is_err());
+        }
+    }
+
+    #[test]
+    fn wrong_magic_and_empty_file_are_clear_errors() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut bytes = std::fs::read(smollm()).expect("read model");
+        bytes.truncate(1 << 16);
+        bytes[..4].copy_from_slice(b"GGML");
+        let p = dir.path().join("magic.gguf");
+        std::fs::write(&p, &bytes).expect("write");
+        let e = load_err(&p);
+        assert!(matches!(e, Error::BadMagic { .. }), "{e:?}");
+        assert!(e.to_string().contains("magic.gguf") && e.to_string().contains("not a GGUF"), "{e}");
+        let p = dir.path().join("empty.gguf");
+        std::fs::write(&p, b"").expect("write");
+        assert!(matches!(load_err(&p), Error::BadMagic { .. }));
+        let p = dir.path().join("missing.gguf");
+        let e = load_err(&p);
+        assert!(matches!(e, Error::Io { .. }) && e.to_string().contains("missing.gguf"), "{e}");
+    }
+
+    #[test]
+    fn unsupported_architecture_is_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut bytes = std::fs::read(smollm()).expect("read model");
+        // The value of general.architecture: key, u32 type 8 (string), u64 length 5, "llama".
+        let key = b"general.architecture";
+        let at = bytes
+            .windows(key.len())
+            .position(|w| w == key)
+            .expect("key present");
+        let value = at + key.len() + 4 + 8;
+        assert_eq!(&bytes[value..value + 5], b"llama");
+        bytes[value..value + 5].copy_from_slice(b"mamba");
+        let p = dir.path().join("mamba.gguf");
+        std::fs::write(&p, &bytes).expect("write");
+        let e = load_err(&p);
+        assert!(matches!(e, Error::UnsupportedArchitecture { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains("mamba.gguf") && msg.contains("'mamba'"), "{msg}");
+        // model info still describes the file.
+        let info = GgufInfo::read(&p).expect("header is fine");
+        assert_eq!(info.architecture, "mamba");
+        assert!(info.config.is_none());
+    }
+
+    /// A tiny llama GGUF with the given tensors.
+    fn synthetic(path: &Path, tensors: &[&str]) {
+        let meta: Vec<(&str, Value)> = vec![
+            ("general.architecture", Value::String("llama".into())),
+            ("llama.block_count", Value::U32(1)),
+            ("llama.embedding_length", Value::U32(32)),
+            ("llama.feed_forward_length", Value::U32(64)),
+            ("llama.attention.head_count", Value::U32(4)),
+            ("llama.attention.head_count_kv", Value::U32(2)),
+            ("llama.context_length", Value::U32(64)),
+        ];
+        let dev = Device::Cpu;
+        let qts: Vec<(String, QTensor)> = tensors
+            .iter()
+            .map(|name| {
+                let shape: Vec<usize> = match *name {
+                    "token_embd.weight" => vec![16, 32],
+                    n if n.ends_with("norm.weight") => vec![32],
+                    _ => vec![32, 32],
+                };
+                let t = Tensor::zeros(shape, candle_core::DType::F32, &dev).expect("zeros");
+                (name.to_string(), QTensor::quantize(&t, GgmlDType::F32).expect("f32"))
+            })
+            .collect();
+        let mut f = File::create(path).expect("create");
+        let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+        let t_refs: Vec<(&str, &QTensor)> = qts.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(&mut f, &meta_refs, &t_refs).expect("write gguf");
+    }
+
+    #[test]
+    fn missing_tensor_is_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let p = dir.path().join("tiny.gguf");
+        synthetic(&p, &["token_embd.weight", "output_norm.weight", "blk.0.attn_norm.weight"]);
+        let e = load_err(&p);
+        assert!(matches!(e, Error::MissingTensor { ref name, .. } if name == "blk.0.attn_q.weight"), "{e:?}");
+        assert!(e.to_string().contains("tiny.gguf"), "{e}");
+        let p = dir.path().join("noembd.gguf");
+        synthetic(&p, &["output_norm.weight"]);
+        let e = load_err(&p);
+        assert!(matches!(e, Error::MissingTensor { ref name, .. } if name == "token_embd.weight"), "{e:?}");
+    }
+
+    #[test]
+    fn wrong_tensor_shape_is_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let p = dir.path().join("shape.gguf");
+        // attn_norm should be [32]; synthetic() gives other names [32, 32].
+        synthetic(&p, &["token_embd.weight", "output_norm.weight", "blk.0.attn_norm"]);
+        let e = load_err(&p);
+        assert!(matches!(e, Error::MissingTensor { .. }), "{e:?}");
+        let p = dir.path().join("shape2.gguf");
+        synthetic(&p, &["token_embd.weight", "output_norm.weight", "blk.0.attn_norm.weight", "blk.0.attn_q.weight", "blk.0.attn_k.weight"]);
+        let e = load_err(&p);
+        // attn_k should be [16, 32] (2 kv heads of 8).
+        assert!(matches!(e, Error::Corrupt { .. }) && e.to_string().contains("blk.0.attn_k.weight"), "{e:?}");
+    }
+
+    #[test]
+    fn info_describes_the_default_model() {
+        let info = GgufInfo::read(&smollm()).expect("valid");
+        assert_eq!(info.architecture, "llama");
+        let c = info.config.as_ref().expect("supported");
+        assert_eq!((c.n_layer, c.hidden, c.n_head, c.n_kv_head), (30, 576, 9, 3));
+        assert!(c.tied_embeddings);
+        assert!(info.has_chat_template);
+        assert_eq!(info.quantization, "Q4_1");
+        let n: usize = info.tensor_types.values().map(|t| t.tensors).sum();
+        assert_eq!(n, info.tensors.len());
+        assert!(info.parameter_count > 130_000_000 && info.parameter_count < 140_000_000);
+        // Long arrays are summarised, not dumped.
+        let tokens = info.metadata["tokenizer.ggml.tokens"].as_str().expect("summary string");
+        assert!(tokens.starts_with("[49152 x"), "{tokens}");
+    }
+}

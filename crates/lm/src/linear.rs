@@ -1,0 +1,258 @@
+//! `QLinear`: every weight matmul of the forward pass goes through this one type, so
+//! the matmul kernels can be swapped without touching the model code.
+//!
+//! On the CPU, for the block formats `overseer-kernels` implements (Q4_0 Q4_1 Q5_0 Q5_1
+//! Q8_0 Q4_K Q5_K Q6_K, F32, F16), the matmul runs on those kernels: runtime-dispatched
+//! SIMD with 8-bit quantized activations, as llama.cpp does. candle's own CPU kernels
+//! are scalar for Q4_1 and Q5_0, the bulk of the default models. The kernels borrow the
+//! bytes of the candle `QTensor` (kept alive here), so no weight is copied. Other
+//! formats and devices fall back to candle's `QMatMul`.
+//!
+//! Interface the model relies on: `new(QTensor)`, `forward(&Tensor)` for inputs of
+//! shape `(..., in)` giving `(..., out)`, `embedding(&[u32])` returning the
+//! dequantized rows `(n, in)` (used for the token embedding, which a tied LM head
+//! shares, so the matrix is stored once), and `in_dim`/`out_dim`.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType as CandleType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Storage, Tensor};
+use overseer_kernels::{Bytes, GgmlDType, QMatrix};
+
+use crate::{Error, Result};
+
+/// A quantized weight matrix `W` of shape `(out, in)`: `forward(x) = x Wᵀ`.
+pub struct QLinear {
+    inner: Inner,
+    out_dim: usize,
+    in_dim: usize,
+}
+
+enum Inner {
+    /// CPU, a format the kernels implement.
+    Kernels(QMatrix),
+    /// Anything else.
+    Candle(QMatMul),
+}
+
+/// Owner of the weight bytes handed to the kernels: the candle tensor itself.
+struct TensorBytes(QTensor);
+
+impl AsRef<[u8]> for TensorBytes {
+    fn as_ref(&self) -> &[u8] {
+        // `QLinear::new` only builds this for CPU tensors, whose data is borrowed.
+        match self.0.data() {
+            Ok(Cow::Borrowed(b)) => b,
+            _ => &[],
+        }
+    }
+}
+
+fn kernel_type(t: CandleType) -> Option<GgmlDType> {
+    Some(match t {
+        CandleType::F32 => GgmlDType::F32,
+        CandleType::F16 => GgmlDType::F16,
+        CandleType::Q4_0 => GgmlDType::Q4_0,
+        CandleType::Q4_1 => GgmlDType::Q4_1,
+        CandleType::Q5_0 => GgmlDType::Q5_0,
+        CandleType::Q5_1 => GgmlDType::Q5_1,
+        CandleType::Q8_0 => GgmlDType::Q8_0,
+        CandleType::Q4K => GgmlDType::Q4K,
+        CandleType::Q5K => GgmlDType::Q5K,
+        CandleType::Q6K => GgmlDType::Q6K,
+        _ => return None,
+    })
+}
+
+fn kernel_err(e: overseer_kernels::Error) -> Error {
+    Error::InvalidArgument(format!("matmul kernel: {e}"))
+}
+
+impl QLinear {
+    /// Wrap a 2-D quantized tensor of shape `(out, in)`.
+    ///
+    /// Errors: [`crate::Error::Candle`] when the tensor is not 2-D.
+    pub fn new(w: QTensor) -> Result<Self> {
+        let (out_dim, in_dim) = w.shape().dims2()?;
+        let kernel = match (w.device(), kernel_type(w.dtype())) {
+            (Device::Cpu, Some(t)) if in_dim % t.block_size() == 0 => {
+                matches!(w.data()?, Cow::Borrowed(_)).then_some(t)
+            }
+            _ => None,
+        };
+        let inner = match kernel {
+            Some(t) => {
+                let len = w.data()?.len();
+                let bytes =
+                    Bytes::from_owner(Arc::new(TensorBytes(w)), 0..len).map_err(kernel_err)?;
+                Inner::Kernels(QMatrix::from_ggml(t, out_dim, in_dim, bytes).map_err(kernel_err)?)
+            }
+            None => Inner::Candle(QMatMul::from_qtensor(w)?),
+        };
+        Ok(Self {
+            inner,
+            out_dim,
+            in_dim,
+        })
+    }
+
+    /// `x Wᵀ` for `x` of shape `(..., in)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = match &self.inner {
+            Inner::Kernels(w) if x.device().is_cpu() => w,
+            Inner::Kernels(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "CPU weights applied to a tensor on {:?}",
+                    x.device()
+                )));
+            }
+            Inner::Candle(m) => return Ok(m.forward(x)?),
+        };
+        let dims = x.dims();
+        if dims.last() != Some(&self.in_dim) {
+            return Err(Error::InvalidArgument(format!(
+                "linear layer of input size {} applied to shape {dims:?}",
+                self.in_dim
+            )));
+        }
+        let m = x.elem_count() / self.in_dim;
+        let mut out_shape = dims.to_vec();
+        *out_shape.last_mut().expect("checked non-empty above") = self.out_dim;
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let mut y = vec![0f32; m * self.out_dim];
+        {
+            let (storage, layout) = x.storage_and_layout();
+            let Storage::Cpu(cpu) = &*storage else {
+                return Err(Error::InvalidArgument("expected a CPU tensor".into()));
+            };
+            let (start, end) = layout.contiguous_offsets().expect("made contiguous above");
+            let xs = &cpu.as_slice::<f32>()?[start..end];
+            w.matmul(xs, &mut y).map_err(kernel_err)?;
+        }
+        Ok(Tensor::from_vec(y, out_shape, &Device::Cpu)?)
+    }
+
+    /// Rows `ids` of `W`, dequantized to f32: shape `(ids.len(), in)`.
+    pub fn embedding(&self, ids: &[u32]) -> Result<Tensor> {
+        match &self.inner {
+            Inner::Kernels(w) => {
+                let mut out = vec![0f32; ids.len() * self.in_dim];
+                for (&id, row) in ids.iter().zip(out.chunks_mut(self.in_dim)) {
+                    w.dequantize_row(id as usize, row).map_err(|_| {
+                        Error::InvalidArgument(format!(
+                            "token id {id} outside the vocabulary of {}",
+                            self.out_dim
+                        ))
+                    })?;
+                }
+                Ok(Tensor::from_vec(
+                    out,
+                    (ids.len(), self.in_dim),
+                    &Device::Cpu,
+                )?)
+            }
+            Inner::Candle(inner) => {
+                let device = match inner {
+                    QMatMul::QTensor(t) => t.device(),
+                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.device().clone(),
+                };
+                let ids = Tensor::new(ids, &device)?;
+                Ok(inner.embedding(&ids)?.to_dtype(DType::F32)?)
+            }
+        }
+    }
+
+    /// Output features (rows of `W`).
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    /// Input features (columns of `W`).
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
+    /// Whether the matmul runs on `overseer-kernels` (false: candle's `QMatMul`).
+    pub fn uses_kernels(&self) -> bool {
+        matches!(self.inner, Inner::Kernels(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random values in roughly [-2, 2].
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    /// QLinear on the kernels against candle's own dequantized weights times f32 x.
+    #[test]
+    fn matches_candle_dequantized_reference_for_every_kernel_format() -> Result<()> {
+        let types = [
+            CandleType::Q4_0,
+            CandleType::Q4_1,
+            CandleType::Q5_0,
+            CandleType::Q5_1,
+            CandleType::Q8_0,
+            CandleType::Q4K,
+            CandleType::Q5K,
+            CandleType::Q6K,
+            CandleType::F16,
+            CandleType::F32,
+        ];
+        let dev = Device::Cpu;
+        for (i, t) in types.into_iter().enumerate() {
+            let (out, inp) = (19, 512);
+            let wf = Tensor::from_vec(values(out * inp, i as u64 + 1), (out, inp), &dev)?;
+            let q = QTensor::quantize(&wf, t)?;
+            let wd = q.dequantize(&dev)?;
+            let lin = QLinear::new(q)?;
+            assert!(lin.uses_kernels(), "{t:?} should run on the kernels");
+            // Decoded rows equal candle's decoding exactly.
+            let emb = lin.embedding(&[0, 7, 18])?;
+            let want = wd.index_select(&Tensor::new(&[0u32, 7, 18], &dev)?, 0)?;
+            let diff = (emb - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert_eq!(diff, 0.0, "{t:?} embedding rows differ from candle's");
+            // (batch 2, seq 3, in) -> (2, 3, out)
+            let x = Tensor::from_vec(values(6 * inp, 100 + i as u64), (2, 3, inp), &dev)?;
+            let y = lin.forward(&x)?;
+            assert_eq!(y.dims(), &[2, 3, out]);
+            let reference = x.broadcast_matmul(&wd.t()?)?;
+            let err = (&y - &reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let scale = reference.abs()?.max_all()?.to_scalar::<f32>()?;
+            // 8-bit activations: relative error of a few 1e-3 of the output scale.
+            let tol = if matches!(t, CandleType::F16 | CandleType::F32) {
+                1e-4
+            } else {
+                1.5e-2
+            };
+            assert!(
+                err <= tol * scale,
+                "{t:?}: max error {err} vs scale {scale}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn wrong_input_size_is_an_error() -> Result<()> {
+        let dev = Device::Cpu;
+        let wf = Tensor::from_vec(values(4 * 64, 3), (4, 64), &dev)?;
+        let lin = QLinear::new(QTensor::quantize(&wf, CandleType::Q8_0)?)?;
+        let x = Tensor::zeros((2, 32), DType::F32, &dev)?;
+        assert!(lin.forward(&x).is_err());
+        assert!(lin.embedding(&[4]).is_err());
+        Ok(())
+    }
+}

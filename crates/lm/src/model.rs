@@ -1,0 +1,512 @@
+//! The loaded model and its forward pass, written out explicitly for the llama family
+//! (Qwen2 = llama + q/k/v biases + NeoX RoPE) so every residual-stream point the lab
+//! needs is a named line of code where a [`Hook`] can be called.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::ops::{rms_norm, softmax_last_dim};
+use candle_nn::rotary_emb::{rope, rope_i};
+
+use crate::config::{meta_f64, meta_str, ModelConfig};
+use crate::gguf::{GgufFile, GgufInfo};
+use crate::hooks::{Hook, HookContext, HookPoint};
+use crate::linear::QLinear;
+use crate::session::Session;
+use crate::template::ChatTemplate;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Worker threads for the matmul kernels (`None`: all cores).
+    pub threads: Option<usize>,
+    /// Where weights and activations live (CPU by default; CUDA with the `cuda` feature).
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            threads: None,
+            device: Device::Cpu,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// CPU with `threads` workers.
+    pub fn cpu(threads: Option<usize>) -> Self {
+        Self {
+            threads,
+            device: Device::Cpu,
+        }
+    }
+
+    /// The CUDA device `ordinal` (needs the `cuda` cargo feature).
+    ///
+    /// Errors: [`Error::Candle`] when CUDA is not compiled in or no GPU is present.
+    pub fn cuda(ordinal: usize) -> Result<Self> {
+        Ok(Self {
+            threads: None,
+            device: Device::new_cuda(ordinal)?,
+        })
+    }
+}
+
+/// Which logits a forward call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Logits {
+    /// `(batch, vocab)` at each row's last position (the usual case for generation).
+    #[default]
+    Last,
+    /// `(batch, seq, vocab)` at every position of the call.
+    All,
+    /// No LM head: returns the final-norm output `(batch, seq, hidden)`.
+    None,
+}
+
+/// Options of one forward call.
+#[derive(Default)]
+pub struct ForwardOptions<'a> {
+    /// Hook called at the residual-stream points it wants.
+    pub hooks: Option<&'a mut dyn Hook>,
+    pub logits: Logits,
+}
+
+impl<'a> ForwardOptions<'a> {
+    /// Last-position logits, no hooks.
+    pub fn last() -> Self {
+        Self::default()
+    }
+
+    /// With `hooks`.
+    pub fn with_hooks(mut self, hooks: Option<&'a mut dyn Hook>) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    /// Returning `logits`.
+    pub fn logits(mut self, logits: Logits) -> Self {
+        self.logits = logits;
+        self
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    q: QLinear,
+    k: QLinear,
+    v: QLinear,
+    q_bias: Option<Tensor>,
+    k_bias: Option<Tensor>,
+    v_bias: Option<Tensor>,
+    o: QLinear,
+    ffn_norm: Tensor,
+    gate: QLinear,
+    up: QLinear,
+    down: QLinear,
+}
+
+/// A loaded GGUF chat model. Read-only after loading (`Send + Sync`): the mutable state
+/// of a conversation lives in a [`Session`].
+pub struct Model {
+    config: ModelConfig,
+    info: GgufInfo,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    device: Device,
+    threads: Option<usize>,
+    /// Token embedding `(vocab, hidden)`; also the LM head when embeddings are tied.
+    embed: QLinear,
+    lm_head: Option<QLinear>,
+    layers: Vec<Layer>,
+    output_norm: Tensor,
+    /// RoPE inverse frequencies, `head_dim / 2` of them, scaling already applied.
+    inv_freq: Vec<f64>,
+}
+
+/// Read a norm or bias vector as f32 of length `n`.
+fn vector(f: &mut GgufFile, name: &str, n: usize, device: &Device) -> Result<Tensor> {
+    let t = f.tensor(name, Some(&[n]), device)?;
+    Ok(t.dequantize(device)?.to_dtype(DType::F32)?)
+}
+
+fn linear(f: &mut GgufFile, name: &str, out: usize, inp: usize, device: &Device) -> Result<QLinear> {
+    QLinear::new(f.tensor(name, Some(&[out, inp]), device)?)
+}
+
+impl Model {
+    /// Load a GGUF model file (architectures `llama` and `qwen2`).
+    ///
+    /// Errors: [`Error::Io`], [`Error::BadMagic`], [`Error::Corrupt`] (truncated file,
+    /// wrong tensor shape), [`Error::UnsupportedArchitecture`], [`Error::MissingTensor`],
+    /// [`Error::Metadata`]; all name the file.
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
+        let mut f = GgufFile::open(path)?;
+        let arch = f.architecture()?;
+        let config = ModelConfig::from_gguf(path, &f.content, arch)?;
+        let info = f.info();
+        let dev = &opts.device;
+        let c = &config;
+        let (h, hd) = (c.hidden, c.head_dim);
+        let embed = linear(&mut f, "token_embd.weight", c.vocab, h, dev)?;
+        let lm_head = if c.tied_embeddings {
+            None
+        } else {
+            Some(linear(&mut f, "output.weight", c.vocab, h, dev)?)
+        };
+        let output_norm = vector(&mut f, "output_norm.weight", h, dev)?;
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for l in 0..c.n_layer {
+            let p = format!("blk.{l}");
+            let (qd, kvd) = (c.n_head * hd, c.n_kv_head * hd);
+            let bias = |f: &mut GgufFile, name: &str, n: usize| -> Result<Option<Tensor>> {
+                if arch.qkv_bias() {
+                    Ok(Some(vector(f, &format!("{p}.{name}.bias"), n, dev)?))
+                } else if f.has_tensor(&format!("{p}.{name}.bias")) {
+                    // Some llama fine-tunes carry attention biases too.
+                    Ok(Some(vector(f, &format!("{p}.{name}.bias"), n, dev)?))
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(Layer {
+                attn_norm: vector(&mut f, &format!("{p}.attn_norm.weight"), h, dev)?,
+                q: linear(&mut f, &format!("{p}.attn_q.weight"), qd, h, dev)?,
+                k: linear(&mut f, &format!("{p}.attn_k.weight"), kvd, h, dev)?,
+                v: linear(&mut f, &format!("{p}.attn_v.weight"), kvd, h, dev)?,
+                q_bias: bias(&mut f, "attn_q", qd)?,
+                k_bias: bias(&mut f, "attn_k", kvd)?,
+                v_bias: bias(&mut f, "attn_v", kvd)?,
+                o: linear(&mut f, &format!("{p}.attn_output.weight"), h, qd, dev)?,
+                ffn_norm: vector(&mut f, &format!("{p}.ffn_norm.weight"), h, dev)?,
+                gate: linear(&mut f, &format!("{p}.ffn_gate.weight"), c.ffn, h, dev)?,
+                up: linear(&mut f, &format!("{p}.ffn_up.weight"), c.ffn, h, dev)?,
+                down: linear(&mut f, &format!("{p}.ffn_down.weight"), h, c.ffn, dev)?,
+            });
+        }
+        // RoPE frequencies: theta^(-2i/d), divided by per-frequency factors when the file
+        // has them (Llama 3's `rope_freqs.weight`), and by a linear scaling factor.
+        let a = arch.gguf_name();
+        let mut inv_freq: Vec<f64> = (0..hd / 2)
+            .map(|i| c.rope_theta.powf(-2.0 * i as f64 / hd as f64))
+            .collect();
+        if f.has_tensor("rope_freqs.weight") {
+            let factors = f
+                .tensor("rope_freqs.weight", Some(&[hd / 2]), dev)?
+                .dequantize(&Device::Cpu)?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?;
+            for (w, fac) in inv_freq.iter_mut().zip(factors) {
+                *w /= f64::from(fac);
+            }
+        }
+        match meta_str(&f.content, &format!("{a}.rope.scaling.type")) {
+            None | Some("none") => {}
+            Some("linear") => {
+                if let Some(s) = meta_f64(&f.content, &format!("{a}.rope.scaling.factor"))
+                    && s > 0.0
+                {
+                    inv_freq.iter_mut().for_each(|w| *w /= s);
+                }
+            }
+            Some(other) => tracing::warn!(
+                "{}: RoPE scaling '{other}' is not supported; using unscaled RoPE",
+                path.display()
+            ),
+        }
+        let tokenizer = Tokenizer::from_gguf(&f.content, path)?;
+        let template = ChatTemplate::from_gguf(&f.content, &tokenizer)?;
+        Ok(Model {
+            config,
+            info,
+            tokenizer,
+            template,
+            device: dev.clone(),
+            threads: opts.threads,
+            embed,
+            lm_head,
+            layers,
+            output_norm,
+            inv_freq,
+        })
+    }
+
+    /// Hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Summary of the file the model was loaded from.
+    pub fn info(&self) -> &GgufInfo {
+        &self.info
+    }
+
+    /// The tokenizer stored in the file.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The file's chat template (a ChatML fallback when it has none).
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// The device holding weights and activations.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Worker threads requested at load time.
+    pub fn threads(&self) -> Option<usize> {
+        self.threads
+    }
+
+    /// A fresh session with an empty KV cache for `batch` rows.
+    pub fn session(&self, batch: usize) -> Session {
+        Session::new(batch.max(1), self.config.n_layer)
+    }
+
+    /// Feed `tokens[b]` to row `b` of the session and return the logits chosen by
+    /// `o.logits`.
+    ///
+    /// The first call on a session is the prefill: rows may differ in length and are
+    /// left-padded (the padding stays masked for the session's lifetime, and RoPE
+    /// positions start at 0 at each row's first real token, so a row's logits match its
+    /// unbatched run). Later calls must give every row the same number of tokens
+    /// (usually 1).
+    ///
+    /// Errors: [`Error::InvalidArgument`] (wrong number of rows, empty row, ragged later
+    /// call, token id out of range), [`Error::ContextOverflow`], [`Error::Hook`],
+    /// [`Error::Candle`]. On error the session is left as it was before the call.
+    pub fn forward(&self, s: &mut Session, tokens: &[Vec<u32>], o: ForwardOptions<'_>) -> Result<Tensor> {
+        let (old_len, old_pad) = (s.len, s.pad.clone());
+        let r = self.forward_inner(s, tokens, o);
+        if r.is_err() {
+            s.rollback(old_len, old_pad);
+        }
+        r
+    }
+
+    fn forward_inner(&self, s: &mut Session, tokens: &[Vec<u32>], o: ForwardOptions<'_>) -> Result<Tensor> {
+        let c = &self.config;
+        let b = s.batch;
+        if tokens.len() != b {
+            return Err(Error::InvalidArgument(format!(
+                "{} rows of tokens for a session of {b} rows",
+                tokens.len()
+            )));
+        }
+        let prefill = s.len == 0;
+        let seq = tokens.iter().map(Vec::len).max().unwrap_or(0);
+        if seq == 0 {
+            return Err(Error::InvalidArgument("no tokens to feed".into()));
+        }
+        if let Some(i) = tokens.iter().position(|t| t.len() != seq) {
+            if !prefill {
+                return Err(Error::InvalidArgument(format!(
+                    "after the first call every row must get the same number of tokens (row {i} has {}, expected {seq})",
+                    tokens[i].len()
+                )));
+            }
+            if let Some(e) = tokens.iter().position(Vec::is_empty) {
+                return Err(Error::InvalidArgument(format!("row {e} has no tokens")));
+            }
+        }
+        if let Some(&bad) = tokens.iter().flatten().find(|&&t| t as usize >= c.vocab) {
+            return Err(Error::InvalidArgument(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                c.vocab
+            )));
+        }
+        let start = s.len;
+        let total = start + seq;
+        if total > c.context_length {
+            return Err(Error::ContextOverflow {
+                tokens: total,
+                context: c.context_length,
+            });
+        }
+        if prefill {
+            s.pad = tokens.iter().map(|t| seq - t.len()).collect();
+        }
+        let pad = s.pad.clone();
+        let any_pad = pad.iter().any(|&p| p > 0);
+
+        // Token ids, left-padded with id 0 (masked, never attended to by real tokens).
+        let mut ids = Vec::with_capacity(b * seq);
+        for (r, t) in tokens.iter().enumerate() {
+            let p = if prefill { pad[r] } else { 0 };
+            ids.extend(std::iter::repeat_n(0u32, p));
+            ids.extend_from_slice(t);
+        }
+        let mut x = self.embed.embedding(&ids)?.reshape((b, seq, c.hidden))?;
+
+        // Per-row RoPE tables (b, seq, head_dim/2): position 0 is the row's first real token.
+        let half = c.head_dim / 2;
+        let mut cos = Vec::with_capacity(b * seq * half);
+        let mut sin = Vec::with_capacity(b * seq * half);
+        for &p in &pad {
+            for abs in start..total {
+                let pos = abs.saturating_sub(p) as f64;
+                for &w in &self.inv_freq {
+                    let (sn, cs) = (pos * w).sin_cos();
+                    cos.push(cs as f32);
+                    sin.push(sn as f32);
+                }
+            }
+        }
+        let cos = Tensor::from_vec(cos, (b, seq, half), &self.device)?;
+        let sin = Tensor::from_vec(sin, (b, seq, half), &self.device)?;
+
+        // Additive mask (b, 1, seq, total): hide padding keys and future keys. A padding
+        // query may see itself so its softmax row stays finite.
+        let mask = if seq > 1 || any_pad {
+            let mut m = vec![0f32; b * seq * total];
+            for r in 0..b {
+                for i in 0..seq {
+                    let qi = start + i;
+                    let row = &mut m[(r * seq + i) * total..(r * seq + i + 1) * total];
+                    for (j, v) in row.iter_mut().enumerate() {
+                        if j > qi || (j < pad[r] && j != qi) {
+                            *v = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+            }
+            Some(Tensor::from_vec(m, (b, 1, seq, total), &self.device)?)
+        } else {
+            None
+        };
+
+        let cx = HookContext {
+            batch: b,
+            seq_len: seq,
+            start_pos: start,
+            pad: &pad,
+        };
+        let mut hooks = o.hooks;
+        let eps = c.rms_eps as f32;
+        let (nh, nkv, hd) = (c.n_head, c.n_kv_head, c.head_dim);
+        let n_rep = nh / nkv;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let neox = c.architecture.rope_neox();
+        for (l, layer) in self.layers.iter().enumerate() {
+            x = apply_hook(&mut hooks, HookPoint::ResidPre(l), x, &cx)?;
+
+            // Attention.
+            let h = rms_norm(&x, &layer.attn_norm, eps)?;
+            let proj = |lin: &QLinear, bias: &Option<Tensor>, heads: usize| -> Result<Tensor> {
+                let mut y = lin.forward(&h)?;
+                if let Some(bias) = bias {
+                    y = y.broadcast_add(bias)?;
+                }
+                Ok(y.reshape((b, seq, heads, hd))?.transpose(1, 2)?.contiguous()?)
+            };
+            let q = proj(&layer.q, &layer.q_bias, nh)?;
+            let k = proj(&layer.k, &layer.k_bias, nkv)?;
+            let v = proj(&layer.v, &layer.v_bias, nkv)?;
+            let (q, k) = if neox {
+                (rope(&q, &cos, &sin)?, rope(&k, &cos, &sin)?)
+            } else {
+                (rope_i(&q, &cos, &sin)?, rope_i(&k, &cos, &sin)?)
+            };
+            let (k, v) = s.caches[l].append(&k, &v)?;
+            // Grouped-query attention without copying K/V: query head h uses KV head
+            // h / n_rep, so (b, nh, seq, hd) regroups as (b, nkv, n_rep*seq, hd).
+            let q = q.reshape((b, nkv, n_rep * seq, hd))?;
+            let att = (q.matmul(&k.t()?)? * scale)?.reshape((b, nh, seq, total))?;
+            let att = match &mask {
+                Some(m) => att.broadcast_add(m)?,
+                None => att,
+            };
+            let att = softmax_last_dim(&att)?.reshape((b, nkv, n_rep * seq, total))?;
+            let y = att
+                .matmul(&v)?
+                .reshape((b, nh, seq, hd))?
+                .transpose(1, 2)?
+                .reshape((b, seq, nh * hd))?;
+            let attn_out = layer.o.forward(&y)?;
+            let attn_out = apply_hook(&mut hooks, HookPoint::AttnOut(l), attn_out, &cx)?;
+            x = (x + attn_out)?;
+
+            // SwiGLU MLP.
+            let h = rms_norm(&x, &layer.ffn_norm, eps)?;
+            let gate = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
+            let up = layer.up.forward(&h)?;
+            let mlp_out = layer.down.forward(&(gate * up)?)?;
+            let mlp_out = apply_hook(&mut hooks, HookPoint::MlpOut(l), mlp_out, &cx)?;
+            x = (x + mlp_out)?;
+        }
+        x = apply_hook(&mut hooks, HookPoint::ResidPre(c.n_layer), x, &cx)?;
+        s.len = total;
+
+        // Only the positions whose logits are wanted go through the final norm and head.
+        if o.logits == Logits::Last && !wants(&hooks, HookPoint::FinalNorm) {
+            x = x.narrow(1, seq - 1, 1)?;
+        }
+        let x = rms_norm(&x.contiguous()?, &self.output_norm, eps)?;
+        let x = apply_hook(&mut hooks, HookPoint::FinalNorm, x, &cx)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        match o.logits {
+            Logits::None => Ok(x),
+            Logits::All => head.forward(&x),
+            Logits::Last => {
+                let last = x.narrow(1, x.dim(1)? - 1, 1)?.contiguous()?;
+                head.forward(&last)?.squeeze(1).map_err(Into::into)
+            }
+        }
+    }
+}
+
+fn wants(hooks: &Option<&mut dyn Hook>, point: HookPoint) -> bool {
+    hooks.as_ref().is_some_and(|h| h.wants(point))
+}
+
+/// Give the activation to the hook if it wants `point`; use its replacement if any.
+fn apply_hook(
+    hooks: &mut Option<&mut dyn Hook>,
+    point: HookPoint,
+    x: Tensor,
+    cx: &HookContext<'_>,
+) -> Result<Tensor> {
+    let Some(h) = hooks.as_deref_mut() else {
+        return Ok(x);
+    };
+    if !h.wants(point) {
+        return Ok(x);
+    }
+    match h.call(point, &x, cx)? {
+        None => Ok(x),
+        Some(y) => {
+            if y.dims() != x.dims() {
+                return Err(Error::Hook(format!(
+                    "hook at {point:?} returned shape {:?}, expected {:?}",
+                    y.dims(),
+                    x.dims()
+                )));
+            }
+            Ok(y.to_dtype(DType::F32)?)
+        }
+    }
+}
+
+/// Index of the largest value (first one on ties).
+pub(crate) fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Model>();
+    is::<Session>();
+}

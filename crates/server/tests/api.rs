@@ -1,0 +1,1232 @@
+//! The HTTP rules and every endpoint, driven through `tower::ServiceExt::oneshot` on the
+//! real router. The back ends are small in-memory doubles that record what they were
+//! asked, so the tests check what the HTTP layer does (status codes, limits, auth, event
+//! order, cancellation, queueing), not canned answers.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use overseer_server::{
+    AppState, AskEvent, AskParams, BackendError, ChatOutput, ChatParams, Generator, IngestInput,
+    Intervention, LibraryStats, Literature, SearchParams, ServerConfig, router,
+};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+// ---------- test doubles ----------
+
+#[derive(Default)]
+struct Library {
+    docs: Mutex<Vec<(String, String, String)>>, // id, title, text
+    searches: Mutex<Vec<SearchParams>>,
+    ingested: Mutex<Vec<String>>,
+    fail_with_internal: AtomicBool,
+}
+
+impl Library {
+    fn with_docs() -> Arc<Library> {
+        let lib = Library::default();
+        {
+            let mut d = lib.docs.lock().expect("lock");
+            d.push((
+                "doc1".into(),
+                "Gradient hacking".into(),
+                "A model could influence its own gradient updates.".into(),
+            ));
+            d.push((
+                "doc2".into(),
+                "Reward hacking".into(),
+                "Agents exploit flaws in the reward.".into(),
+            ));
+            d.push((
+                "doc3".into(),
+                "Deceptive alignment".into(),
+                "A mesa-optimizer may hide its goals to avoid gradient changes.".into(),
+            ));
+        }
+        Arc::new(lib)
+    }
+}
+
+impl Literature for Library {
+    fn search(&self, p: &SearchParams) -> Result<Vec<Value>, BackendError> {
+        if self.fail_with_internal.load(Ordering::SeqCst) {
+            return Err(BackendError::Internal(
+                "tantivy failed at /secret/path/index".into(),
+            ));
+        }
+        self.searches.lock().expect("lock").push(p.clone());
+        let q = p.query.to_lowercase();
+        let hits: Vec<Value> = self
+            .docs
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, t, x)| q.split_whitespace().any(|w| t.to_lowercase().contains(w) || x.to_lowercase().contains(w)))
+            .take(p.k)
+            .map(|(id, t, x)| json!({"id": id, "title": t, "url": format!("https://example.org/{id}"), "score": 1.0, "passage": x}))
+            .collect();
+        Ok(hits)
+    }
+    fn document(&self, id: &str) -> Result<Option<Value>, BackendError> {
+        Ok(self.docs.lock().expect("lock").iter().find(|(d, _, _)| d == id).map(
+            |(id, t, x)| json!({"id": id, "title": t, "chunks": [{"text": x, "heading_path": []}]}),
+        ))
+    }
+    fn stats(&self) -> Result<LibraryStats, BackendError> {
+        let n = self.docs.lock().expect("lock").len() as u64;
+        Ok(LibraryStats {
+            documents: n,
+            chunks: n,
+        })
+    }
+    fn ingest(&self, input: IngestInput) -> Result<Value, BackendError> {
+        let mut added = 0;
+        match input {
+            IngestInput::Records(recs) => {
+                for r in recs {
+                    let id = r["id"].as_str().unwrap_or("x").to_string();
+                    self.ingested.lock().expect("lock").push(id.clone());
+                    self.docs.lock().expect("lock").push((
+                        id,
+                        r["title"].as_str().unwrap_or("").into(),
+                        r["text"].as_str().unwrap_or("").into(),
+                    ));
+                    added += 1;
+                }
+            }
+            IngestInput::Paths(p) => {
+                for p in p {
+                    self.ingested
+                        .lock()
+                        .expect("lock")
+                        .push(p.display().to_string());
+                    added += 1;
+                }
+            }
+        }
+        Ok(json!({"added": added, "updated": 0, "skipped": 0, "failed": 0}))
+    }
+    fn remove(&self, id: &str) -> Result<bool, BackendError> {
+        let mut d = self.docs.lock().expect("lock");
+        let before = d.len();
+        d.retain(|(x, _, _)| x != id);
+        Ok(d.len() != before)
+    }
+}
+
+/// What the fake model saw and did.
+#[derive(Default)]
+struct ModelLog {
+    asks: Mutex<Vec<AskParams>>,
+    chats: Mutex<Vec<ChatParams>>,
+    tokens_emitted: AtomicUsize,
+    stopped_by_client: AtomicBool,
+    finished: AtomicBool,
+}
+
+struct FakeModel {
+    log: Arc<ModelLog>,
+    /// Tokens per answer and the pause between them.
+    tokens: usize,
+    pause: Duration,
+    /// When set, each job waits until this flag is cleared (to fill the queue).
+    hold: Arc<AtomicBool>,
+}
+
+impl FakeModel {
+    fn new(tokens: usize, pause: Duration) -> (Box<FakeModel>, Arc<ModelLog>, Arc<AtomicBool>) {
+        let log = Arc::new(ModelLog::default());
+        let hold = Arc::new(AtomicBool::new(false));
+        (
+            Box::new(FakeModel {
+                log: log.clone(),
+                tokens,
+                pause,
+                hold: hold.clone(),
+            }),
+            log,
+            hold,
+        )
+    }
+    fn wait_hold(&self) {
+        while self.hold.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    fn emit(&self, i: usize) -> String {
+        match i {
+            0 => "Gradient hacking ".into(),
+            1 => "is when a model shapes its training [1]. ".into(),
+            _ => "more ".into(),
+        }
+    }
+}
+
+impl Generator for FakeModel {
+    fn model_name(&self) -> String {
+        "fake-model".into()
+    }
+    fn ask(
+        &mut self,
+        p: &AskParams,
+        events: &mut dyn FnMut(AskEvent) -> ControlFlow<()>,
+    ) -> Result<(), BackendError> {
+        self.log.asks.lock().expect("lock").push(p.clone());
+        self.wait_hold();
+        if p.question.contains("explode") {
+            return Err(BackendError::Internal(
+                "model file /secret/model.gguf truncated".into(),
+            ));
+        }
+        let src = json!({"id": "doc1", "title": "Gradient hacking", "url": "https://example.org/doc1", "passage": "A model could influence its own gradient updates.", "score": 1.0});
+        if events(AskEvent::Retrieved {
+            sources: vec![src],
+            millis: 3,
+        })
+        .is_break()
+        {
+            return Ok(());
+        }
+        let mut answer = String::new();
+        for i in 0..self.tokens {
+            let t = self.emit(i);
+            answer.push_str(&t);
+            self.log.tokens_emitted.fetch_add(1, Ordering::SeqCst);
+            if events(AskEvent::Token(t)).is_break() {
+                self.log.stopped_by_client.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+            std::thread::sleep(self.pause);
+        }
+        let cites = json!([{"n": 1, "id": "doc1", "title": "Gradient hacking", "url": "https://example.org/doc1", "passage": "A model could influence its own gradient updates.", "supported": true}]);
+        let _ = events(AskEvent::Citations(cites.clone()));
+        let _ = events(AskEvent::Followups(vec!["How could we detect it?".into()]));
+        let _ = events(AskEvent::Done(
+            json!({"answer": answer, "abstained": false, "citations": cites, "followups": ["How could we detect it?"], "timings": {}}),
+        ));
+        self.log.finished.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+    fn chat(
+        &mut self,
+        p: &ChatParams,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<ChatOutput, BackendError> {
+        self.log.chats.lock().expect("lock").push(p.clone());
+        self.wait_hold();
+        let mut text = String::new();
+        let n = self.tokens.min(p.max_tokens);
+        for i in 0..n {
+            let t = format!("w{i} ");
+            text.push_str(&t);
+            self.log.tokens_emitted.fetch_add(1, Ordering::SeqCst);
+            if on_text(&t).is_break() {
+                self.log.stopped_by_client.store(true, Ordering::SeqCst);
+                break;
+            }
+            std::thread::sleep(self.pause);
+        }
+        Ok(ChatOutput {
+            text,
+            prompt_tokens: 7,
+            completion_tokens: n,
+            finish_reason: if n == p.max_tokens {
+                "length".into()
+            } else {
+                "stop".into()
+            },
+        })
+    }
+}
+
+// ---------- helpers ----------
+
+struct Fixture {
+    state: AppState,
+    lib: Arc<Library>,
+    log: Arc<ModelLog>,
+    hold: Arc<AtomicBool>,
+    _tmp: tempfile::TempDir,
+}
+
+fn fixture_with(tokens: usize, pause: Duration, tweak: impl FnOnce(&mut ServerConfig)) -> Fixture {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = ServerConfig::new(tmp.path());
+    cfg.rate_per_sec = 0;
+    tweak(&mut cfg);
+    let lib = Library::with_docs();
+    let (model, log, hold) = FakeModel::new(tokens, pause);
+    let state = AppState::new(cfg, lib.clone(), Some(model)).expect("state");
+    Fixture {
+        state,
+        lib,
+        log,
+        hold,
+        _tmp: tmp,
+    }
+}
+
+fn fixture() -> Fixture {
+    fixture_with(3, Duration::ZERO, |_| {})
+}
+
+impl Fixture {
+    async fn send(&self, req: Request<Body>) -> Response<Body> {
+        router(self.state.clone())
+            .oneshot(req)
+            .await
+            .expect("infallible")
+    }
+    async fn get(&self, uri: &str) -> Response<Body> {
+        self.send(Request::get(uri).body(Body::empty()).expect("request"))
+            .await
+    }
+    async fn post_json(&self, uri: &str, body: &str) -> Response<Body> {
+        self.send(
+            Request::post(uri)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .expect("request"),
+        )
+        .await
+    }
+    fn lab_dir(&self) -> PathBuf {
+        self.state_dir().join("lab")
+    }
+    fn state_dir(&self) -> PathBuf {
+        self._tmp.path().to_path_buf()
+    }
+}
+
+async fn body_text(resp: Response<Body>) -> String {
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    String::from_utf8(bytes.to_vec()).expect("utf-8 body")
+}
+
+async fn body_json(resp: Response<Body>) -> Value {
+    let text = body_text(resp).await;
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Check an error response: status, JSON shape and code.
+async fn expect_error(resp: Response<Body>, status: StatusCode, code: &str) -> String {
+    assert_eq!(resp.status(), status);
+    let v = body_json(resp).await;
+    assert_eq!(v["error"], code, "{v}");
+    let msg = v["message"]
+        .as_str()
+        .expect("message is a string")
+        .to_string();
+    assert!(!msg.is_empty());
+    msg
+}
+
+/// Parse an SSE body into (event, data) pairs.
+fn sse(text: &str) -> Vec<(String, String)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut ev = "message".to_string();
+            let mut data = Vec::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    ev = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                }
+            }
+            (!data.is_empty()).then(|| (ev, data.join("\n")))
+        })
+        .collect()
+}
+
+fn write_lab_run(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::write(
+        dir.join("report.json"),
+        r#"{"model":"tiny","selected":{"layer":3,"position":-1},"kl":0.02,
+            "baseline":{"harmful_refusal_rate":0.5,"harmless_refusal_rate":0.1},
+            "ablation":{"harmful_refusal_rate":0.0,"harmless_refusal_rate":0.0},
+            "addition":{"harmless_refusal_rate":0.8},
+            "examples":[{"instruction":"hi","baseline":"I cannot","ablation":"Sure"}]}"#,
+    )
+    .expect("write");
+    std::fs::write(dir.join("report.md"), "# Report\n").expect("write");
+    std::fs::write(
+        dir.join("layers.svg"),
+        "<svg xmlns='http://www.w3.org/2000/svg'/>",
+    )
+    .expect("write");
+}
+
+// ---------- health, metrics, UI, OpenAPI ----------
+
+#[tokio::test]
+async fn healthz_reports_ready_with_counts() {
+    let f = fixture();
+    let r = f.get("/healthz").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v = body_json(r).await;
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["documents"], 3);
+    assert_eq!(v["model"], "fake-model");
+    f.state.set_ready(false);
+    assert_eq!(
+        f.get("/healthz").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route() {
+    let f = fixture();
+    f.get("/api/search?q=gradient").await;
+    f.get("/api/documents/doc1").await;
+    f.get("/api/documents/doc2").await;
+    let r = f.get("/metrics").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = body_text(r).await;
+    assert!(text.contains("overseer_http_requests_total{method=\"GET\",route=\"/api/documents/{id}\",status=\"200\"} 2"), "{text}");
+    assert!(
+        text.contains("overseer_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(text.contains("overseer_generation_queue_depth 0"), "{text}");
+    assert!(
+        text.contains("overseer_generation_tokens_per_second"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn ui_is_served_from_the_binary_with_a_strict_csp() {
+    let f = fixture();
+    let r = f.get("/").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let csp = r.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(csp.contains("script-src 'self'"));
+    let html = body_text(r).await;
+    assert!(html.contains("/assets/app.js") && html.contains("id=\"ask-form\""));
+    for (path, ct) in [
+        ("/assets/app.js", "javascript"),
+        ("/assets/app.css", "text/css"),
+        ("/assets/favicon.svg", "svg"),
+    ] {
+        let r = f.get(path).await;
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert!(
+            r.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .expect("ascii")
+                .contains(ct)
+        );
+    }
+    expect_error(
+        f.get("/assets/../Cargo.toml").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    expect_error(
+        f.get("/assets/secret.txt").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    expect_error(f.get("/nope").await, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+#[tokio::test]
+async fn openapi_document_lists_every_route() {
+    let f = fixture();
+    let v = body_json(f.get("/api/openapi.json").await).await;
+    assert!(v["openapi"].as_str().expect("version").starts_with("3."));
+    let paths = v["paths"].as_object().expect("paths");
+    let routes = [
+        ("get", "/healthz"),
+        ("get", "/metrics"),
+        ("get", "/api/openapi.json"),
+        ("get", "/api/search"),
+        ("post", "/api/ask"),
+        ("get", "/api/documents/{id}"),
+        ("delete", "/api/documents/{id}"),
+        ("post", "/api/ingest"),
+        ("get", "/api/lab/runs"),
+        ("get", "/api/lab/runs/{id}"),
+        ("get", "/api/lab/runs/{id}/plots/{name}"),
+        ("get", "/v1/models"),
+        ("post", "/v1/chat/completions"),
+    ];
+    for (m, p) in routes {
+        assert!(
+            paths.get(p).and_then(|x| x.get(m)).is_some(),
+            "{m} {p} missing from openapi.json"
+        );
+    }
+    // And nothing documented that the router does not serve.
+    assert_eq!(
+        paths
+            .values()
+            .map(|p| p
+                .as_object()
+                .expect("obj")
+                .keys()
+                .filter(|k| *k != "parameters")
+                .count())
+            .sum::<usize>(),
+        routes.len()
+    );
+}
+
+// ---------- search and documents ----------
+
+#[tokio::test]
+async fn search_returns_results_and_passes_filters() {
+    let f = fixture();
+    let r = f
+        .get("/api/search?q=gradient&k=1&mode=bm25&source=arxiv&since=2020&chunks=true")
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v = body_json(r).await;
+    let results = v["results"].as_array().expect("results array");
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0]["id"], "doc1");
+    let seen = f
+        .lib
+        .searches
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("a search");
+    assert_eq!(seen.query, "gradient");
+    assert_eq!(seen.k, 1);
+    assert_eq!(seen.mode.as_deref(), Some("bm25"));
+    assert_eq!(seen.source.as_deref(), Some("arxiv"));
+    assert_eq!(seen.since.as_deref(), Some("2020"));
+    assert!(seen.chunk_level);
+    // k is bounded.
+    f.get("/api/search?q=gradient&k=100000").await;
+    assert_eq!(
+        f.lib
+            .searches
+            .lock()
+            .expect("lock")
+            .last()
+            .expect("search")
+            .k,
+        50
+    );
+}
+
+#[tokio::test]
+async fn search_rejects_bad_queries_clearly() {
+    let f = fixture();
+    let m = expect_error(
+        f.get("/api/search").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    assert!(m.contains("q="), "{m}");
+    let m = expect_error(
+        f.get("/api/search?q=x&mode=magic").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    assert!(m.contains("bm25"), "{m}");
+    let m = expect_error(
+        f.get("/api/search?q=x&k=many").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    assert!(m.contains('k'), "{m}");
+    // A long query never reaches the index (URIs past 64 KB are refused by hyper itself).
+    let long = format!("/api/search?q={}", "a".repeat(60_000));
+    expect_error(
+        f.get(&long).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
+    assert!(f.lib.searches.lock().expect("lock").is_empty());
+}
+
+#[tokio::test]
+async fn internal_errors_do_not_leak_details() {
+    let f = fixture();
+    f.lib.fail_with_internal.store(true, Ordering::SeqCst);
+    let r = f.get("/api/search?q=gradient").await;
+    let m = expect_error(r, StatusCode::INTERNAL_SERVER_ERROR, "internal").await;
+    assert!(!m.contains("secret") && !m.contains("tantivy"), "{m}");
+}
+
+#[tokio::test]
+async fn documents_by_id_and_traversal_is_404() {
+    let f = fixture();
+    let r = f.get("/api/documents/doc1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body_json(r).await["title"], "Gradient hacking");
+    expect_error(
+        f.get("/api/documents/nope").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    for evil in [
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2e%2e",
+        "..",
+        "a%5C..%5Cb",
+        "..%2Fdoc1",
+        "doc1%00",
+    ] {
+        let r = f.get(&format!("/api/documents/{evil}")).await;
+        expect_error(r, StatusCode::NOT_FOUND, "not_found").await;
+    }
+    expect_error(
+        f.get("/api/documents/../../etc/passwd").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+}
+
+// ---------- admin ----------
+
+fn admin_req(method: &str, uri: &str, token: Option<&str>, body: &str) -> Request<Body> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(t) = token {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    b.body(Body::from(body.to_string())).expect("request")
+}
+
+#[tokio::test]
+async fn admin_endpoints_are_disabled_without_a_configured_token() {
+    let f = fixture();
+    let body = r#"{"documents":[{"id":"n1","title":"New","text":"t"}]}"#;
+    let m = expect_error(
+        f.send(admin_req("POST", "/api/ingest", Some("guess"), body))
+            .await,
+        StatusCode::FORBIDDEN,
+        "admin_disabled",
+    )
+    .await;
+    assert!(m.contains("OVERSEER_ADMIN_TOKEN"), "{m}");
+    expect_error(
+        f.send(admin_req("DELETE", "/api/documents/doc1", None, ""))
+            .await,
+        StatusCode::FORBIDDEN,
+        "admin_disabled",
+    )
+    .await;
+    assert!(f.lib.ingested.lock().expect("lock").is_empty());
+    assert_eq!(f.lib.docs.lock().expect("lock").len(), 3);
+}
+
+#[tokio::test]
+async fn admin_token_rules() {
+    let f = fixture_with(3, Duration::ZERO, |c| c.admin_token = Some("s3cret".into()));
+    let body = r#"{"documents":[{"id":"n1","title":"New","text":"t"}]}"#;
+    // No token: 401 with a WWW-Authenticate challenge.
+    let r = f.send(admin_req("POST", "/api/ingest", None, body)).await;
+    assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
+    expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    // Wrong token: 403.
+    expect_error(
+        f.send(admin_req("POST", "/api/ingest", Some("s3cre"), body))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    expect_error(
+        f.send(admin_req("DELETE", "/api/documents/doc1", Some("nope"), ""))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    expect_error(
+        f.send(admin_req("DELETE", "/api/documents/doc1", None, ""))
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+    assert!(f.lib.ingested.lock().expect("lock").is_empty());
+    // Right token.
+    let r = f
+        .send(admin_req("POST", "/api/ingest", Some("s3cret"), body))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body_json(r).await["added"], 1);
+    assert_eq!(*f.lib.ingested.lock().expect("lock"), ["n1"]);
+    let r = f
+        .send(admin_req(
+            "DELETE",
+            "/api/documents/doc1",
+            Some("s3cret"),
+            "",
+        ))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        f.lib
+            .docs
+            .lock()
+            .expect("lock")
+            .iter()
+            .all(|(id, _, _)| id != "doc1")
+    );
+    expect_error(
+        f.send(admin_req(
+            "DELETE",
+            "/api/documents/doc1",
+            Some("s3cret"),
+            "",
+        ))
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    expect_error(
+        f.send(admin_req(
+            "DELETE",
+            "/api/documents/..%2Fx",
+            Some("s3cret"),
+            "",
+        ))
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    // Ingest needs exactly one input kind, and server paths must exist.
+    expect_error(
+        f.send(admin_req("POST", "/api/ingest", Some("s3cret"), "{}"))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    let m = expect_error(
+        f.send(admin_req(
+            "POST",
+            "/api/ingest",
+            Some("s3cret"),
+            r#"{"paths":["/no/such/dir"]}"#,
+        ))
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    assert!(m.contains("does not exist"), "{m}");
+}
+
+// ---------- limits and malformed input ----------
+
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    let f = fixture_with(3, Duration::ZERO, |c| c.max_body_bytes = 1024);
+    let big = format!(r#"{{"question":"{}"}}"#, "x".repeat(4096));
+    expect_error(
+        f.post_json("/api/ask", &big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
+    // Without a Content-Length (chunked), the extractor's limit catches it.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(big.clone().into_bytes())];
+    let req = Request::post("/api/ask")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(futures::stream::iter(chunks)))
+        .expect("request");
+    expect_error(
+        f.send(req).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
+    expect_error(
+        f.post_json("/v1/chat/completions", &big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
+    assert!(f.log.asks.lock().expect("lock").is_empty());
+    // A long question inside the body limit is still bounded.
+    let f = fixture();
+    let long = format!(r#"{{"question":"{}"}}"#, "x".repeat(5000));
+    expect_error(
+        f.post_json("/api/ask", &long).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_with_a_useful_message() {
+    let f = fixture();
+    let m = expect_error(
+        f.post_json("/api/ask", r#"{"question": "x""#).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+    )
+    .await;
+    assert!(m.contains("line 1"), "{m}");
+    let m = expect_error(
+        f.post_json("/api/ask", r#"{"mode":"concise"}"#).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+    )
+    .await;
+    assert!(m.contains("question"), "{m}");
+    let m = expect_error(
+        f.post_json("/api/ask", r#"{"question": 5}"#).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+    )
+    .await;
+    assert!(m.contains("invalid type"), "{m}");
+    let m = expect_error(
+        f.post_json("/v1/chat/completions", r#"{"messages": "hi"}"#)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+    )
+    .await;
+    assert!(m.contains("messages"), "{m}");
+    let m = expect_error(
+        f.post_json("/api/ask", r#"{"question":"q","mode":"pirate"}"#)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    assert!(m.contains("rookie"), "{m}");
+    let req = Request::post("/api/ask")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from("{}"))
+        .expect("request");
+    expect_error(
+        f.send(req).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    assert!(f.log.asks.lock().expect("lock").is_empty());
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after() {
+    let f = fixture_with(3, Duration::ZERO, |c| {
+        c.rate_per_sec = 1;
+        c.rate_burst = 3;
+    });
+    for _ in 0..3 {
+        assert_eq!(
+            f.get("/api/search?q=gradient").await.status(),
+            StatusCode::OK
+        );
+    }
+    let r = f.get("/api/search?q=gradient").await;
+    assert!(r.headers().contains_key(header::RETRY_AFTER));
+    expect_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    // Health checks are not rate limited.
+    assert_eq!(f.get("/healthz").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn cors_is_off_by_default_and_on_when_asked() {
+    let f = fixture();
+    let req = Request::get("/api/search?q=gradient")
+        .header(header::ORIGIN, "https://evil.example")
+        .body(Body::empty())
+        .expect("request");
+    let r = f.send(req).await;
+    assert!(
+        !r.headers()
+            .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+    );
+    let f = fixture_with(3, Duration::ZERO, |c| {
+        c.cors_origins = vec!["https://team.example".into()]
+    });
+    let req = Request::get("/api/search?q=gradient")
+        .header(header::ORIGIN, "https://team.example")
+        .body(Body::empty())
+        .expect("request");
+    let r = f.send(req).await;
+    assert_eq!(
+        r.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://team.example"
+    );
+    let req = Request::get("/api/search?q=gradient")
+        .header(header::ORIGIN, "https://evil.example")
+        .body(Body::empty())
+        .expect("request");
+    assert!(
+        !f.send(req)
+            .await
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+    );
+}
+
+// ---------- ask (SSE) ----------
+
+#[tokio::test]
+async fn ask_streams_events_in_order() {
+    let f = fixture();
+    let r = f.post_json("/api/ask", r#"{"question":"What is gradient hacking?","mode":"rookie","history":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}"#).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/event-stream")
+    );
+    let events = sse(&body_text(r).await);
+    let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "retrieval",
+            "sources",
+            "token",
+            "token",
+            "token",
+            "citations",
+            "followups",
+            "done"
+        ]
+    );
+    let tokens: String = events
+        .iter()
+        .filter(|(e, _)| e == "token")
+        .map(|(_, d)| {
+            serde_json::from_str::<Value>(d).expect("json")["text"]
+                .as_str()
+                .expect("text")
+                .to_string()
+        })
+        .collect();
+    let done: Value = serde_json::from_str(&events[7].1).expect("json");
+    assert_eq!(done["answer"], tokens);
+    let sources: Value = serde_json::from_str(&events[1].1).expect("json");
+    assert_eq!(sources["sources"][0]["id"], "doc1");
+    let asked = f.log.asks.lock().expect("lock")[0].clone();
+    assert_eq!(asked.mode, "rookie");
+    assert_eq!(asked.history.len(), 2);
+    let m = expect_error(
+        f.post_json(
+            "/api/ask",
+            r#"{"question":"q","history":[{"role":"system","content":"x"}]}"#,
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    assert!(m.contains("history"), "{m}");
+}
+
+#[tokio::test]
+async fn ask_failure_is_an_error_event_without_internals() {
+    let f = fixture();
+    let r = f
+        .post_json("/api/ask", r#"{"question":"please explode"}"#)
+        .await;
+    let events = sse(&body_text(r).await);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, "error");
+    let v: Value = serde_json::from_str(&events[0].1).expect("json");
+    assert_eq!(v["error"], "internal");
+    assert!(!events[0].1.contains("secret"));
+}
+
+#[tokio::test]
+async fn a_disconnected_client_cancels_its_generation() {
+    let f = fixture_with(100_000, Duration::from_millis(1), |_| {});
+    let r = f
+        .post_json("/api/ask", r#"{"question":"What is gradient hacking?"}"#)
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut body = r.into_body();
+    // Read until a token arrives, then hang up.
+    let mut seen = String::new();
+    while !seen.contains("event: token") {
+        let frame = body.frame().await.expect("stream open").expect("frame");
+        if let Ok(d) = frame.into_data() {
+            seen.push_str(&String::from_utf8_lossy(&d));
+        }
+    }
+    drop(body);
+    let t0 = Instant::now();
+    while !f.log.stopped_by_client.load(Ordering::SeqCst) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "generation was not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(f.log.tokens_emitted.load(Ordering::SeqCst) < 100_000);
+    assert!(!f.log.finished.load(Ordering::SeqCst));
+    // The worker is free again for the next client.
+    let r = f
+        .post_json(
+            "/v1/chat/completions",
+            r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":2}"#,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = body_text(f.get("/metrics").await).await;
+    assert!(
+        text.contains("overseer_generation_jobs_total{kind=\"ask\",outcome=\"cancelled\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after() {
+    let f = fixture_with(3, Duration::ZERO, |c| c.queue_capacity = 1);
+    f.hold.store(true, Ordering::SeqCst);
+    let ask = r#"{"question":"What is gradient hacking?"}"#;
+    // Job 1 occupies the worker (it waits on `hold`), job 2 waits in the queue.
+    let r1 = f.post_json("/api/ask", ask).await;
+    assert_eq!(r1.status(), StatusCode::OK);
+    let t0 = Instant::now();
+    while f.log.asks.lock().expect("lock").is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let r2 = f.post_json("/api/ask", ask).await;
+    assert_eq!(r2.status(), StatusCode::OK);
+    let r3 = f.post_json("/api/ask", ask).await;
+    assert_eq!(r3.headers()[header::RETRY_AFTER], "5");
+    expect_error(r3, StatusCode::SERVICE_UNAVAILABLE, "busy").await;
+    let text = body_text(f.get("/metrics").await).await;
+    assert!(text.contains("overseer_generation_queue_depth 1"), "{text}");
+    assert!(
+        text.contains("overseer_generation_rejected_total 1"),
+        "{text}"
+    );
+    // Release: both accepted requests complete.
+    f.hold.store(false, Ordering::SeqCst);
+    for r in [r1, r2] {
+        let events = sse(&body_text(r).await);
+        assert_eq!(events.last().expect("events").0, "done");
+    }
+}
+
+#[tokio::test]
+async fn without_a_model_generation_is_503() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state =
+        AppState::new(ServerConfig::new(tmp.path()), Library::with_docs(), None).expect("state");
+    let r = router(state.clone())
+        .oneshot(
+            Request::post("/api/ask")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(r#"{"question":"q"}"#))
+                .expect("req"),
+        )
+        .await
+        .expect("infallible");
+    expect_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    // Search still works.
+    let r = router(state)
+        .oneshot(
+            Request::get("/api/search?q=gradient")
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await
+        .expect("infallible");
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+// ---------- OpenAI-compatible chat ----------
+
+#[tokio::test]
+async fn chat_completions_non_streaming() {
+    let f = fixture();
+    let r = f.post_json("/v1/chat/completions", r#"{"model":"whatever","messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"text","text":"hi"}]}],"max_tokens":2,"temperature":0,"stop":"\n"}"#).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v = body_json(r).await;
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "fake-model");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["message"]["content"], "w0 w1 ");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["total_tokens"], 9);
+    let p = f.log.chats.lock().expect("lock")[0].clone();
+    assert_eq!(p.messages[1].content, "hi");
+    assert_eq!(p.stop, ["\n"]);
+    assert_eq!(p.temperature, 0.0);
+    assert!(p.intervention.is_none());
+    // max_tokens is capped.
+    f.post_json(
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":99999999}"#,
+    )
+    .await;
+    assert_eq!(f.log.chats.lock().expect("lock")[1].max_tokens, 1024);
+    let m = expect_error(
+        f.post_json(
+            "/v1/chat/completions",
+            r#"{"messages":[{"role":"tool","content":"x"}]}"#,
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    assert!(m.contains("role"), "{m}");
+    expect_error(
+        f.post_json("/v1/chat/completions", r#"{"messages":[]}"#)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn chat_completions_streaming_ends_with_done() {
+    let f = fixture();
+    let r = f
+        .post_json(
+            "/v1/chat/completions",
+            r#"{"messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":3}"#,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let events = sse(&body_text(r).await);
+    assert_eq!(events.last().expect("events").1, "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|(_, d)| serde_json::from_str(d).expect("json chunk"))
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "w0 w1 w2 ");
+    let last = chunks.last().expect("final chunk");
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+}
+
+#[tokio::test]
+async fn chat_completions_steer_with_a_lab_run() {
+    let f = fixture();
+    write_lab_run(&f.lab_dir().join("run-a"));
+    let r = f.post_json("/v1/chat/completions", r#"{"messages":[{"role":"user","content":"hi"}],"overseer":{"steer":"run-a","coef":-2.5}}"#).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let p = f.log.chats.lock().expect("lock")[0].clone();
+    assert_eq!(
+        p.intervention,
+        Some(Intervention::Steer {
+            run_dir: f.lab_dir().join("run-a"),
+            coef: -2.5
+        })
+    );
+    let r = f
+        .post_json(
+            "/v1/chat/completions",
+            r#"{"messages":[{"role":"user","content":"hi"}],"overseer":{"ablate":"run-a"}}"#,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        f.log.chats.lock().expect("lock")[1].intervention,
+        Some(Intervention::Ablate {
+            run_dir: f.lab_dir().join("run-a")
+        })
+    );
+    for bad in ["../lab/run-a", "nope", "run-a/../run-a"] {
+        let body = json!({"messages":[{"role":"user","content":"hi"}],"overseer":{"ablate": bad}})
+            .to_string();
+        expect_error(
+            f.post_json("/v1/chat/completions", &body).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
+    }
+    let body = r#"{"messages":[{"role":"user","content":"hi"}],"overseer":{"ablate":"run-a","steer":"run-a"}}"#;
+    expect_error(
+        f.post_json("/v1/chat/completions", body).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    assert_eq!(f.log.chats.lock().expect("lock").len(), 2);
+}
+
+// ---------- lab ----------
+
+#[tokio::test]
+async fn lab_runs_list_detail_and_plots() {
+    let f = fixture();
+    assert_eq!(
+        body_json(f.get("/api/lab/runs").await).await["runs"],
+        json!([])
+    );
+    write_lab_run(&f.lab_dir().join("run-a"));
+    std::fs::write(f.state_dir().join("secret.svg"), "<svg/>").expect("write");
+    let v = body_json(f.get("/api/lab/runs").await).await;
+    assert_eq!(v["runs"][0]["id"], "run-a");
+    assert_eq!(v["runs"][0]["selected"]["layer"], 3);
+    assert_eq!(
+        v["runs"][0]["plots"][0]["url"],
+        "/api/lab/runs/run-a/plots/layers.svg"
+    );
+    let d = body_json(f.get("/api/lab/runs/run-a").await).await;
+    assert_eq!(d["report_md"], "# Report\n");
+    assert_eq!(d["examples"][0]["ablation"], "Sure");
+    let r = f.get("/api/lab/runs/run-a/plots/layers.svg").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()[header::CONTENT_TYPE], "image/svg+xml");
+    assert!(
+        r.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .expect("ascii")
+            .contains("sandbox")
+    );
+    for evil in [
+        "/api/lab/runs/..%2F..",
+        "/api/lab/runs/..",
+        "/api/lab/runs/nope",
+        "/api/lab/runs/run-a/plots/..%2F..%2Fsecret.svg",
+        "/api/lab/runs/run-a/plots/report.json",
+        "/api/lab/runs/..%2Flab%2Frun-a/plots/layers.svg",
+        "/api/lab/runs/run-a/plots/%2e%2e%2fsecret.svg",
+    ] {
+        expect_error(f.get(evil).await, StatusCode::NOT_FOUND, "not_found").await;
+    }
+}
