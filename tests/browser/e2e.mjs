@@ -99,7 +99,7 @@ try {
   // ---- search ----
   step("search");
   await page.goto(`${base}#/search`);
-  await page.fill("#search-q", "reward");
+  await page.fill("#search-q", process.env.E2E_SEARCH || "adversarial robustness");
   await page.click("#search-form button[type=submit]");
   await page.waitForSelector(".result", { timeout: 30_000 });
   const nResults = await page.$$eval(".result", (r) => r.length);

@@ -25,8 +25,15 @@ fn bin() -> Command {
 
 fn models() -> PathBuf {
     let m = Path::new(ROOT).join("models");
-    for f in ["SmolLM2-135M-Instruct.Q4_1.gguf", "all-minilm-l6-v2/model.safetensors"] {
-        assert!(m.join(f).exists(), "{} missing: run scripts/fetch-models", m.join(f).display());
+    for f in [
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "all-minilm-l6-v2/model.safetensors",
+    ] {
+        assert!(
+            m.join(f).exists(),
+            "{} missing: run scripts/fetch-models",
+            m.join(f).display()
+        );
     }
     m
 }
@@ -49,7 +56,11 @@ fn data_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let corpus = Path::new(ROOT).join("../shared/data/corpus");
-        assert!(corpus.is_dir(), "{} missing: the shared data must sit beside the checkout", corpus.display());
+        assert!(
+            corpus.is_dir(),
+            "{} missing: the shared data must sit beside the checkout",
+            corpus.display()
+        );
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ask-index");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create test dir");
@@ -78,27 +89,52 @@ fn data_dir() -> &'static Path {
             .arg(dir.join("data"))
             .output()
             .expect("run overseer ingest");
-        assert!(out.status.success(), "ingest failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ingest failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         dir.join("data")
     })
 }
 
 fn ask(args: &[&str]) -> Output {
-    bin().arg("ask").arg("--data-dir").arg(data_dir()).args(args).output().expect("run overseer ask")
+    bin()
+        .arg("ask")
+        .arg("--data-dir")
+        .arg(data_dir())
+        .args(args)
+        .output()
+        .expect("run overseer ask")
 }
 
 fn json_of(out: &Output) -> Value {
-    assert!(out.status.success(), "ask failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ask failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("stdout is not one JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "stdout is not one JSON object ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
 /// The `--json` contract: exactly these keys, and every [n] in the answer listed.
 fn check_contract(v: &Value) {
-    let mut keys: Vec<&str> = v.as_object().expect("object").keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = v
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["abstained", "answer", "citations", "followups", "timings"]);
+    assert_eq!(
+        keys,
+        ["abstained", "answer", "citations", "followups", "timings"]
+    );
     let answer = v["answer"].as_str().expect("answer is a string");
     let cited: Vec<u64> = v["citations"]
         .as_array()
@@ -113,11 +149,24 @@ fn check_contract(v: &Value) {
         })
         .collect();
     // Independent of the crate's parser: every bracketed group of numbers.
-    let re_like = answer.split('[').skip(1).filter_map(|s| s.split_once(']').map(|(a, _)| a));
+    let re_like = answer
+        .split('[')
+        .skip(1)
+        .filter_map(|s| s.split_once(']').map(|(a, _)| a));
     for group in re_like {
-        if group.chars().all(|c| c.is_ascii_digit() || c == ',' || c == ' ') && !group.trim().is_empty() {
-            for n in group.split(',').filter_map(|x| x.trim().parse::<u64>().ok()) {
-                assert!(cited.contains(&n), "[{n}] in the answer has no citation entry: {v}");
+        if group
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ',' || c == ' ')
+            && !group.trim().is_empty()
+        {
+            for n in group
+                .split(',')
+                .filter_map(|x| x.trim().parse::<u64>().ok())
+            {
+                assert!(
+                    cited.contains(&n),
+                    "[{n}] in the answer has no citation entry: {v}"
+                );
             }
         }
     }
@@ -129,13 +178,29 @@ fn check_contract(v: &Value) {
 #[test]
 fn answers_with_valid_citations_using_the_local_model() {
     let model = smollm2();
-    let out = ask(&["--model", model.to_str().expect("utf-8 path"), "--json", "What is gradient hacking?"]);
+    // Short prompt and answer: this checks the plumbing, not the model's prose.
+    let out = ask(&[
+        "--model",
+        model.to_str().expect("utf-8 path"),
+        "--json",
+        "--mode",
+        "concise",
+        "--max-context-tokens",
+        "300",
+        "--max-answer-tokens",
+        "48",
+        "What is gradient hacking?",
+    ]);
     let v = json_of(&out);
     check_contract(&v);
     assert_eq!(v["abstained"], false, "{v}");
     assert!(!v["answer"].as_str().unwrap_or_default().trim().is_empty());
     let t = &v["timings"];
-    assert!(t["first_token_ms"].as_f64().is_some_and(|x| x > 0.0 && x <= t["total_ms"].as_f64().unwrap_or(0.0)));
+    assert!(
+        t["first_token_ms"]
+            .as_f64()
+            .is_some_and(|x| x > 0.0 && x <= t["total_ms"].as_f64().unwrap_or(0.0))
+    );
     for c in v["citations"].as_array().into_iter().flatten() {
         assert!(!c["passage"].as_str().unwrap_or_default().is_empty());
     }
@@ -144,12 +209,22 @@ fn answers_with_valid_citations_using_the_local_model() {
 #[test]
 fn abstains_when_the_corpus_cannot_answer() {
     // The relevance gate runs before the model, so this is fast.
-    let out = ask(&["--model", smollm2().to_str().expect("utf-8"), "--json", "How do I bake sourdough bread at home?"]);
+    let out = ask(&[
+        "--model",
+        smollm2().to_str().expect("utf-8"),
+        "--json",
+        "How do I bake sourdough bread at home?",
+    ]);
     let v = json_of(&out);
     check_contract(&v);
     assert_eq!(v["abstained"], true, "{v}");
     assert!(v["citations"].as_array().is_some_and(Vec::is_empty));
-    assert!(v["answer"].as_str().unwrap_or_default().contains("don't answer"));
+    assert!(
+        v["answer"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("don't answer")
+    );
 }
 
 #[test]
@@ -167,19 +242,56 @@ fn bad_input_gets_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("overseer ingest"), "{err}");
 
-    let huge = "why ".repeat(250_000); // 1 MB
+    // 100 kB as an argument (the OS caps one argument at 128 kB).
+    let huge = "why ".repeat(25_000);
     let out = ask(&["--model", smollm2().to_str().expect("utf-8"), &huge]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("too long"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line of error: {err}");
+
+    // 1 MB on stdin in a conversation: an error for that line, and the session goes on.
+    let mut child = bin()
+        .arg("ask")
+        .arg("--data-dir")
+        .arg(data_dir())
+        .args(["--json", "--model"])
+        .arg(smollm2())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ask");
+    let mut input = "why ".repeat(250_000);
+    input.push_str("\nHow do I bake sourdough bread at home?\n");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("wait");
+    writer.join().expect("writer").expect("write stdin");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("too long"));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("the second question answered");
+    assert_eq!(v["abstained"], true);
 }
 
 #[test]
 fn dead_or_stalled_server_is_a_clear_error_without_hanging() {
-    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
     let start = Instant::now();
-    let out = ask(&["--llm-url", &format!("http://127.0.0.1:{port}"), "--llm-retries", "1", "What is gradient hacking?"]);
+    let out = ask(&[
+        "--llm-url",
+        &format!("http://127.0.0.1:{port}"),
+        "--llm-retries",
+        "1",
+        "What is gradient hacking?",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach the LLM server"), "{err}");
@@ -191,11 +303,21 @@ fn dead_or_stalled_server_is_a_clear_error_without_hanging() {
         let held: Vec<TcpStream> = l.incoming().filter_map(Result::ok).collect();
         drop(held);
     });
-    let out = ask(&["--llm-url", &url, "--llm-read-timeout", "1", "What is gradient hacking?"]);
+    let out = ask(&[
+        "--llm-url",
+        &url,
+        "--llm-read-timeout",
+        "1",
+        "What is gradient hacking?",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("timed out"), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(60), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 /// A llama.cpp server from the project venv, killed on drop.
@@ -209,12 +331,28 @@ impl Drop for LlamaServer {
 
 fn llama_server() -> (LlamaServer, String) {
     let python = Path::new(ROOT).join(".venv/bin/python");
-    assert!(python.exists(), "{} missing: run scripts/setup-python server", python.display());
-    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    assert!(
+        python.exists(),
+        "{} missing: run scripts/setup-python server",
+        python.display()
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
     let child = Command::new(python)
         .args(["-m", "llama_cpp.server", "--model"])
         .arg(smollm2())
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--n_threads", "2", "--n_ctx", "2048"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--n_threads",
+            "2",
+            "--n_ctx",
+            "2048",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -233,7 +371,10 @@ fn llama_server() -> (LlamaServer, String) {
                 return (server, format!("http://127.0.0.1:{port}/v1"));
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(90), "llama_cpp.server did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "llama_cpp.server did not start"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -241,7 +382,16 @@ fn llama_server() -> (LlamaServer, String) {
 #[test]
 fn answers_through_a_real_openai_compatible_server_and_keeps_a_conversation() {
     let (_server, url) = llama_server();
-    let v = json_of(&ask(&["--llm-url", &url, "--json", "--mode", "concise", "What is Goodhart's law?"]));
+    let v = json_of(&ask(&[
+        "--llm-url",
+        &url,
+        "--json",
+        "--mode",
+        "concise",
+        "--max-answer-tokens",
+        "64",
+        "What is Goodhart's law?",
+    ]));
     check_contract(&v);
     assert_eq!(v["abstained"], false, "{v}");
 
@@ -250,7 +400,14 @@ fn answers_through_a_real_openai_compatible_server_and_keeps_a_conversation() {
         .arg("ask")
         .arg("--data-dir")
         .arg(data_dir())
-        .args(["--llm-url", &url, "--json", "--no-followups"])
+        .args([
+            "--llm-url",
+            &url,
+            "--json",
+            "--no-followups",
+            "--max-answer-tokens",
+            "64",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -263,7 +420,11 @@ fn answers_through_a_real_openai_compatible_server_and_keeps_a_conversation() {
         .write_all(b"What is the orthogonality thesis?\nWho argued for it?\n")
         .expect("write stdin");
     let out = child.wait_with_output().expect("wait");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
@@ -285,7 +446,16 @@ fn eval_answers_reports_grounding_figures() {
     )
     .expect("write questions");
     let out = bin()
-        .args(["eval", "answers", "--json", "--model"])
+        .args([
+            "eval",
+            "answers",
+            "--json",
+            "--mode",
+            "concise",
+            "--max-context-tokens",
+            "300",
+        ])
+        .args(["--max-answer-tokens", "48", "--model"])
         .arg(smollm2())
         .arg("--data-dir")
         .arg(data_dir())
@@ -293,7 +463,11 @@ fn eval_answers_reports_grounding_figures() {
         .arg(&q)
         .output()
         .expect("run eval");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     let s = &v["summary"];
     assert_eq!(s["questions"], 2);

@@ -11,7 +11,11 @@ fn models() -> PathBuf {
 
 fn smollm2() -> PathBuf {
     let p = models().join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "{} missing: run scripts/fetch-models", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/fetch-models",
+        p.display()
+    );
     p
 }
 
@@ -38,10 +42,29 @@ fn refusal_run_eval_and_exports() {
     let out = tmp.path().join("run");
     let model = smollm2();
     let args = |c: &mut Command| {
-        c.args(["refusal", "run", "--model"]).arg(&model).arg("--out").arg(&out).args([
-            "--n-train", "4", "--n-val", "3", "--n-test", "2", "--max-new-tokens", "6",
-            "--batch", "4", "--no-filter", "--last-position-only", "--addition-coefs", "1",
-        ]);
+        c.args(["refusal", "run", "--model"])
+            .arg(&model)
+            .arg("--out")
+            .arg(&out)
+            .args([
+                "--n-train",
+                "4",
+                "--n-val",
+                "3",
+                "--n-test",
+                "2",
+                "--max-new-tokens",
+                "6",
+                "--batch",
+                "4",
+                "--no-filter",
+                "--last-position-only",
+                "--addition-coefs",
+                "1",
+                // Score only layers 0..3 (of 30) to keep CI short.
+                "--prune-layers",
+                "0.9",
+            ]);
     };
     let mut c = overseer();
     args(&mut c);
@@ -51,17 +74,35 @@ fn refusal_run_eval_and_exports() {
     for k in ["model", "kl"] {
         assert!(report.get(k).is_some(), "{k} missing");
     }
-    let layer = report["selected"]["layer"].as_u64().expect("selected.layer");
-    assert!(layer < 24, "layer {layer} is in the pruned last 20% of 30 layers");
+    let layer = report["selected"]["layer"]
+        .as_u64()
+        .expect("selected.layer");
+    assert!(
+        layer < 3,
+        "layer {layer} is in the pruned layers (>= 3 of 30)"
+    );
     assert_eq!(report["selected"]["position"], -1);
-    for k in ["baseline.harmful_refusal_rate", "baseline.harmless_refusal_rate", "ablation.harmful_refusal_rate",
-        "ablation.harmless_refusal_rate", "addition.harmless_refusal_rate"] {
+    for k in [
+        "baseline.harmful_refusal_rate",
+        "baseline.harmless_refusal_rate",
+        "ablation.harmful_refusal_rate",
+        "ablation.harmless_refusal_rate",
+        "addition.harmless_refusal_rate",
+    ] {
         let (a, b) = k.split_once('.').unwrap();
-        let v = report[a][b].as_f64().unwrap_or_else(|| panic!("{k} missing"));
+        let v = report[a][b]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} missing"));
         assert!((0.0..=1.0).contains(&v), "{k} = {v}");
     }
-    assert_eq!(report["candidates"].as_array().unwrap().len(), 24);
-    for f in ["direction.safetensors", "report.md", "scores.svg", "rates.svg", "examples.svg"] {
+    assert_eq!(report["candidates"].as_array().unwrap().len(), 3);
+    for f in [
+        "direction.safetensors",
+        "report.md",
+        "scores.svg",
+        "rates.svg",
+        "examples.svg",
+    ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
 
@@ -74,20 +115,35 @@ fn refusal_run_eval_and_exports() {
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(again["selected"], report["selected"]);
     assert_eq!(again["baseline"], report["baseline"]);
-    assert_eq!(std::fs::read_to_string(out.join("state/scores.jsonl")).unwrap(), before);
+    assert_eq!(
+        std::fs::read_to_string(out.join("state/scores.jsonl")).unwrap(),
+        before
+    );
     // A different configuration in the same directory is refused.
     let mut c = overseer();
-    c.args(["refusal", "run", "--model"]).arg(&model).arg("--out").arg(&out).args(["--n-train", "5"]);
+    c.args(["refusal", "run", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&out)
+        .args(["--n-train", "5"]);
     let o = c.output().unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("different configuration"));
 
     // eval --json on a JSONL prompt file.
     let prompts = tmp.path().join("p.jsonl");
-    std::fs::write(&prompts, "{\"instruction\": \"Say hello.\"}\n{\"instruction\": \"Name a color.\"}\n").unwrap();
+    std::fs::write(
+        &prompts,
+        "{\"instruction\": \"Say hello.\"}\n{\"instruction\": \"Name a color.\"}\n",
+    )
+    .unwrap();
     let mut c = overseer();
-    c.args(["refusal", "eval", "--model"]).arg(&model).arg("--direction").arg(&out)
-        .args(["--intervention", "ablate", "--prompts"]).arg(&prompts)
+    c.args(["refusal", "eval", "--model"])
+        .arg(&model)
+        .arg("--direction")
+        .arg(&out)
+        .args(["--intervention", "ablate", "--prompts"])
+        .arg(&prompts)
         .args(["--limit", "1", "--max-new-tokens", "4", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&ok(&mut c)).unwrap();
     assert_eq!(v["n"], 1);
@@ -99,12 +155,19 @@ fn refusal_run_eval_and_exports() {
     // Control vector: direction.<layer-1>.
     let cv = tmp.path().join("cv.gguf");
     let mut c = overseer();
-    c.args(["refusal", "export-control-vector", "--direction"]).arg(&out).arg("--out").arg(&cv).args(["--coef", "-1"]);
+    c.args(["refusal", "export-control-vector", "--direction"])
+        .arg(&out)
+        .arg("--out")
+        .arg(&cv)
+        .args(["--coef", "-1"]);
     if layer >= 2 {
         ok(&mut c);
         let bytes = std::fs::read(&cv).unwrap();
         let name = format!("direction.{}", layer - 1);
-        assert!(bytes.windows(name.len()).any(|w| w == name.as_bytes()), "{name} not in control vector");
+        assert!(
+            bytes.windows(name.len()).any(|w| w == name.as_bytes()),
+            "{name} not in control vector"
+        );
     } else {
         // llama.cpp cannot add to the input of layers 0 and 1.
         assert!(!c.output().unwrap().status.success());
@@ -112,7 +175,10 @@ fn refusal_run_eval_and_exports() {
 
     // Bad input: a missing direction is a clear error.
     let mut c = overseer();
-    c.args(["refusal", "export-control-vector", "--direction"]).arg(tmp.path().join("nope")).arg("--out").arg(&cv);
+    c.args(["refusal", "export-control-vector", "--direction"])
+        .arg(tmp.path().join("nope"))
+        .arg("--out")
+        .arg(&cv);
     let o = c.output().unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("nope"));

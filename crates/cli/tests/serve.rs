@@ -16,8 +16,15 @@ fn repo() -> PathBuf {
 
 fn models() -> PathBuf {
     let m = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models")).to_path_buf();
-    for f in ["SmolLM2-135M-Instruct.Q4_1.gguf", "all-minilm-l6-v2/model.safetensors"] {
-        assert!(m.join(f).exists(), "{} missing: run scripts/fetch-models", m.join(f).display());
+    for f in [
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "all-minilm-l6-v2/model.safetensors",
+    ] {
+        assert!(
+            m.join(f).exists(),
+            "{} missing: run scripts/fetch-models",
+            m.join(f).display()
+        );
     }
     m
 }
@@ -49,16 +56,23 @@ impl Drop for Server {
 fn start_server(data: &Path, extra: &[&str]) -> Server {
     let m = models();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_overseer"));
-    cmd.args(["serve", "--bind", "127.0.0.1:0", "--threads", "2", "--data-dir"])
-        .arg(data)
-        .arg("--model")
-        .arg(m.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
-        .args(extra)
-        .env("OVERSEER_MODELS_DIR", &m)
-        .env_remove("OVERSEER_ADMIN_TOKEN")
-        .env_remove("OVERSEER_LLM_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args([
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "--threads",
+        "2",
+        "--data-dir",
+    ])
+    .arg(data)
+    .arg("--model")
+    .arg(m.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
+    .args(extra)
+    .env("OVERSEER_MODELS_DIR", &m)
+    .env_remove("OVERSEER_ADMIN_TOKEN")
+    .env_remove("OVERSEER_LLM_URL")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     let mut child = cmd.spawn().expect("spawn overseer serve");
     let stdout = child.stdout.take().expect("piped stdout");
     let mut line = String::new();
@@ -80,7 +94,10 @@ fn start_server(data: &Path, extra: &[&str]) -> Server {
         if let Ok((200, _, _)) = http(&server.addr, "GET", "/healthz", None, &[]) {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(120), "server never became healthy");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "server never became healthy"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     server
@@ -119,7 +136,10 @@ fn http(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(rest)
     } else {
         rest.to_string()
@@ -147,7 +167,7 @@ fn json(body: &str) -> Value {
 #[test]
 fn serve_answers_search_ask_and_guards_admin() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let corpus = small_corpus(tmp.path(), 40);
+    let corpus = small_corpus(tmp.path(), 25);
     let token_file = tmp.path().join("admin-token");
     std::fs::write(&token_file, "correct-horse-battery\n").expect("write token");
     let data = tmp.path().join("data");
@@ -166,10 +186,11 @@ fn serve_answers_search_ask_and_guards_admin() {
     let (st, _, body) = http(a, "GET", "/healthz", None, &[]).expect("healthz");
     assert_eq!(st, 200);
     let h = json(&body);
-    assert!(h["documents"].as_u64().expect("documents") >= 30, "{h}");
+    assert!(h["documents"].as_u64().expect("documents") >= 20, "{h}");
 
     // Search: the documented shape.
-    let (st, _, body) = http(a, "GET", "/api/search?q=reward%20hacking&k=3", None, &[]).expect("search");
+    let (st, _, body) =
+        http(a, "GET", "/api/search?q=reward%20hacking&k=3", None, &[]).expect("search");
     assert_eq!(st, 200, "{body}");
     let v = json(&body);
     let results = v["results"].as_array().expect("results");
@@ -181,12 +202,20 @@ fn serve_answers_search_ask_and_guards_admin() {
     }
     // A document from the results can be fetched.
     let id = results[0]["id"].as_str().expect("id");
-    let (st, _, body) = http(a, "GET", &format!("/api/documents/{id}"), None, &[]).expect("document");
+    let (st, _, body) =
+        http(a, "GET", &format!("/api/documents/{id}"), None, &[]).expect("document");
     assert_eq!(st, 200, "{body}");
     assert_eq!(json(&body)["title"], results[0]["title"]);
 
     // Ask: the event stream ends with `done` after tokens.
-    let (st, head, body) = http(a, "POST", "/api/ask", Some(r#"{"question":"What is reward hacking?","mode":"concise"}"#), &[]).expect("ask");
+    let (st, head, body) = http(
+        a,
+        "POST",
+        "/api/ask",
+        Some(r#"{"question":"What is reward hacking?","mode":"concise"}"#),
+        &[],
+    )
+    .expect("ask");
     assert_eq!(st, 200, "{body}");
     assert!(head.to_ascii_lowercase().contains("text/event-stream"));
     let events: Vec<&str> = body
@@ -201,18 +230,44 @@ fn serve_answers_search_ask_and_guards_admin() {
     let (st, _, body) = http(a, "POST", "/v1/chat/completions", Some(r#"{"messages":[{"role":"user","content":"Say hello."}],"max_tokens":8,"temperature":0}"#), &[]).expect("chat");
     assert_eq!(st, 200, "{body}");
     let v = json(&body);
-    assert!(v["choices"][0]["message"]["content"].as_str().is_some_and(|t| !t.is_empty()), "{v}");
+    assert!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{v}"
+    );
     assert!(v["usage"]["completion_tokens"].as_u64().expect("usage") <= 8);
 
     // Admin: token from the file; none -> 401, wrong -> 403, right -> 200.
     let doc = r#"{"documents":[{"id":"serve-test-doc","source":"test","title":"Zebra alignment note","authors":["T. Est"],"text":"Zebras are a test of incremental ingestion through the admin API.","url":"https://example.org/zebra","date_published":"2024-01-01T00:00:00Z"}]}"#;
     let (st, _, _) = http(a, "POST", "/api/ingest", Some(doc), &[]).expect("ingest");
     assert_eq!(st, 401);
-    let (st, _, _) = http(a, "POST", "/api/ingest", Some(doc), &[("Authorization", "Bearer wrong-token")]).expect("ingest");
+    let (st, _, _) = http(
+        a,
+        "POST",
+        "/api/ingest",
+        Some(doc),
+        &[("Authorization", "Bearer wrong-token")],
+    )
+    .expect("ingest");
     assert_eq!(st, 403);
-    let (st, _, body) = http(a, "POST", "/api/ingest", Some(doc), &[("Authorization", "Bearer correct-horse-battery")]).expect("ingest");
+    let (st, _, body) = http(
+        a,
+        "POST",
+        "/api/ingest",
+        Some(doc),
+        &[("Authorization", "Bearer correct-horse-battery")],
+    )
+    .expect("ingest");
     assert_eq!(st, 200, "{body}");
-    let (_, _, body) = http(a, "GET", "/api/search?q=zebras%20incremental&k=1&mode=bm25", None, &[]).expect("search");
+    let (_, _, body) = http(
+        a,
+        "GET",
+        "/api/search?q=zebras%20incremental&k=1&mode=bm25",
+        None,
+        &[],
+    )
+    .expect("search");
     assert_eq!(json(&body)["results"][0]["id"], "serve-test-doc", "{body}");
 
     // Metrics saw it all.
@@ -242,7 +297,10 @@ fn serve_refuses_unreadable_admin_token_file() {
 #[test]
 fn browser_end_to_end() {
     let browser_dir = repo().join("tests/browser");
-    let node_ok = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    let node_ok = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     let pw = browser_dir.join("node_modules/playwright-core/package.json");
     assert!(
@@ -253,7 +311,7 @@ fn browser_end_to_end() {
         pw.exists()
     );
     let tmp = tempfile::tempdir().expect("tempdir");
-    let corpus = small_corpus(tmp.path(), 40);
+    let corpus = small_corpus(tmp.path(), 25);
     let lab = browser_dir.join("fixtures/lab");
     let server = start_server(
         &tmp.path().join("data"),
@@ -270,6 +328,8 @@ fn browser_end_to_end() {
         .arg(format!("http://{}/", server.addr))
         .arg(&out_dir)
         .env("CHROMIUM", &chromium)
+        // The small corpus is about adversarial examples: a question it can answer.
+        .env("E2E_QUESTION", "What are adversarial examples?")
         .spawn()
         .expect("spawn node");
     let t0 = Instant::now();
@@ -283,7 +343,11 @@ fn browser_end_to_end() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(status.success(), "browser test failed; see its output above and {}/failure.png", out_dir.display());
+    assert!(
+        status.success(),
+        "browser test failed; see its output above and {}/failure.png",
+        out_dir.display()
+    );
     for shot in ["chat-desktop.png", "chat-phone.png", "lab-desktop.png"] {
         assert!(out_dir.join(shot).exists(), "{shot} was not saved");
     }

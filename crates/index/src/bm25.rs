@@ -168,7 +168,10 @@ pub(crate) fn filter_query(f: &Fields, filters: &crate::Filters) -> Result<Optio
             _ => clauses.push((
                 Occur::Must,
                 Box::new(BooleanQuery::new(
-                    values.iter().map(|v| (Occur::Should, term(field, v))).collect(),
+                    values
+                        .iter()
+                        .map(|v| (Occur::Should, term(field, v)))
+                        .collect(),
                 )),
             )),
         }

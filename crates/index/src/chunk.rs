@@ -153,7 +153,7 @@ pub fn chunk_text(text: &str, embedder: &dyn Embedder, opts: ChunkOptions) -> Re
     let mut pieces: Vec<(usize, usize, Vec<String>)> = Vec::new();
     let mut pending: Option<(usize, usize, Vec<String>, usize)> = None; // start, end, path, tokens
     let flush = |p: &mut Option<(usize, usize, Vec<String>, usize)>,
-                     out: &mut Vec<(usize, usize, Vec<String>)>| {
+                 out: &mut Vec<(usize, usize, Vec<String>)>| {
         if let Some((s, e, path, _)) = p.take() {
             out.push((s, e, path));
         }
@@ -253,9 +253,15 @@ mod tests {
             assert_eq!(slice, c.text);
             assert!(e.count_tokens(&c.text) <= 6, "{c:?}");
         }
-        let beta = chunks.iter().find(|c| c.text.contains("Beta")).expect("beta chunk");
+        let beta = chunks
+            .iter()
+            .find(|c| c.text.contains("Beta"))
+            .expect("beta chunk");
         assert_eq!(beta.heading_path, vec!["A".to_string(), "B".to_string()]);
-        let gamma = chunks.iter().find(|c| c.text.contains("Gamma")).expect("gamma");
+        let gamma = chunks
+            .iter()
+            .find(|c| c.text.contains("Gamma"))
+            .expect("gamma");
         assert_eq!(gamma.heading_path, vec!["C".to_string()]);
     }
 
@@ -267,15 +273,24 @@ mod tests {
         assert_eq!(chunks.len(), 1);
         assert_eq!(chunks[0].text, text);
 
-        let long: String = (0..200).map(|i| format!("Sentence number {i} is here. ")).collect();
+        let long: String = (0..200)
+            .map(|i| format!("Sentence number {i} is here. "))
+            .collect();
         let chunks = chunk_text(&long, &e, opts(40, 10)).expect("chunks");
         assert!(chunks.len() > 10);
         for w in chunks.windows(2) {
-            assert!(w[1].start < w[0].end, "consecutive chunks overlap: {:?}", (w[0].end, w[1].start));
+            assert!(
+                w[1].start < w[0].end,
+                "consecutive chunks overlap: {:?}",
+                (w[0].end, w[1].start)
+            );
             assert!(w[1].start > w[0].start);
         }
         assert!(chunks.iter().all(|c| e.count_tokens(&c.text) <= 40));
-        assert_eq!(chunks.last().map(|c| c.end), Some(long.trim_end().chars().count()));
+        assert_eq!(
+            chunks.last().map(|c| c.end),
+            Some(long.trim_end().chars().count())
+        );
     }
 
     #[test]
@@ -285,6 +300,10 @@ mod tests {
         let s = sections(text);
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].path, vec!["Real".to_string()]);
-        assert!(chunk_text("   \n\n ", &e, opts(10, 2)).expect("empty").is_empty());
+        assert!(
+            chunk_text("   \n\n ", &e, opts(10, 2))
+                .expect("empty")
+                .is_empty()
+        );
     }
 }

@@ -35,6 +35,11 @@ pub struct Metrics {
     pub recall100: f64,
     /// Queries scored (queries with at least one relevant document).
     pub queries: usize,
+    /// Search latency per query (embedding included), milliseconds.
+    #[serde(default)]
+    pub latency_ms_p50: f64,
+    #[serde(default)]
+    pub latency_ms_p99: f64,
 }
 
 /// Read BEIR queries. A malformed line is an error naming the line.
@@ -74,16 +79,28 @@ pub fn read_qrels(path: &Path) -> Result<Qrels> {
         if line.trim().is_empty() {
             continue;
         }
-        if i == 0 && cols.first().is_some_and(|c| c.eq_ignore_ascii_case("query-id")) {
+        if i == 0
+            && cols
+                .first()
+                .is_some_and(|c| c.eq_ignore_ascii_case("query-id"))
+        {
             continue;
         }
-        let bad = |reason: String| Error::EvalInput { path: path.to_path_buf(), line: i + 1, reason };
+        let bad = |reason: String| Error::EvalInput {
+            path: path.to_path_buf(),
+            line: i + 1,
+            reason,
+        };
         if cols.len() < 3 {
             return Err(bad("expected query-id<TAB>corpus-id<TAB>score".into()));
         }
-        let grade: f64 = cols[2].parse().map_err(|_| bad(format!("bad score {:?}", cols[2])))?;
+        let grade: f64 = cols[2]
+            .parse()
+            .map_err(|_| bad(format!("bad score {:?}", cols[2])))?;
         if grade > 0.0 {
-            q.entry(cols[0].to_string()).or_default().insert(cols[1].to_string(), grade);
+            q.entry(cols[0].to_string())
+                .or_default()
+                .insert(cols[1].to_string(), grade);
         }
     }
     Ok(q)
@@ -110,7 +127,11 @@ pub fn score_one(ranked: &[String], rel: &HashMap<String, f64>) -> Metrics {
         .map(|(i, g)| (2f64.powf(*g) - 1.0) / ((i + 2) as f64).log2())
         .sum();
     let recall = |n: usize| {
-        let found = ranked.iter().take(n).filter(|id| rel.contains_key(*id)).count();
+        let found = ranked
+            .iter()
+            .take(n)
+            .filter(|id| rel.contains_key(*id))
+            .count();
         found as f64 / rel.len().max(1) as f64
     };
     Metrics {
@@ -120,12 +141,37 @@ pub fn score_one(ranked: &[String], rel: &HashMap<String, f64>) -> Metrics {
         recall10: recall(10),
         recall100: recall(100),
         queries: 1,
+        ..Metrics::default()
     }
 }
 
+/// How [`evaluate`] searches.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalOptions {
+    pub mode: Mode,
+    pub fusion: Fusion,
+    /// [`SearchRequest::depth`].
+    pub depth: usize,
+    /// Run every query this many times (at least once) for steadier latency
+    /// percentiles; the metrics come from the first run.
+    pub repeat: usize,
+}
+
 /// Evaluate one mode: search each judged query (k = 100, document level).
-pub fn evaluate(index: &Index, queries: &[Query], qrels: &Qrels, mode: Mode, fusion: Fusion) -> Result<Metrics> {
+pub fn evaluate(
+    index: &Index,
+    queries: &[Query],
+    qrels: &Qrels,
+    opts: EvalOptions,
+) -> Result<Metrics> {
+    let EvalOptions {
+        mode,
+        fusion,
+        depth,
+        repeat,
+    } = opts;
     let mut sum = Metrics::default();
+    let mut lat: Vec<f64> = Vec::with_capacity(queries.len());
     for q in queries {
         let Some(rel) = qrels.get(&q.id) else {
             continue;
@@ -133,7 +179,15 @@ pub fn evaluate(index: &Index, queries: &[Query], qrels: &Qrels, mode: Mode, fus
         let mut req = SearchRequest::new(q.text.clone(), 100);
         req.mode = mode;
         req.fusion = fusion;
+        req.depth = depth;
+        let t = std::time::Instant::now();
         let ranked: Vec<String> = index.search(&req)?.into_iter().map(|h| h.id).collect();
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        for _ in 1..repeat {
+            let t = std::time::Instant::now();
+            index.search(&req)?;
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
         let m = score_one(&ranked, rel);
         sum.ndcg10 += m.ndcg10;
         sum.mrr10 += m.mrr10;
@@ -143,7 +197,15 @@ pub fn evaluate(index: &Index, queries: &[Query], qrels: &Qrels, mode: Mode, fus
         sum.queries += 1;
     }
     let n = sum.queries.max(1) as f64;
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
     Ok(Metrics {
+        latency_ms_p50: pct(0.5),
+        latency_ms_p99: pct(0.99),
         ndcg10: sum.ndcg10 / n,
         mrr10: sum.mrr10 / n,
         recall1: sum.recall1 / n,
@@ -174,13 +236,21 @@ mod tests {
     fn beir_files() {
         let d = tempfile::tempdir().expect("tmp");
         let q = d.path().join("q.jsonl");
-        std::fs::write(&q, "{\"_id\": \"1\", \"text\": \"hello\"}\n{\"_id\": 2, \"text\": \"x\"}\n").expect("w");
+        std::fs::write(
+            &q,
+            "{\"_id\": \"1\", \"text\": \"hello\"}\n{\"_id\": 2, \"text\": \"x\"}\n",
+        )
+        .expect("w");
         let qs = read_queries(&q).expect("queries");
         assert_eq!(qs[1].id, "2");
         std::fs::write(&q, "{\"_id\": \"1\"}\n").expect("w");
         assert!(read_queries(&q).unwrap_err().to_string().contains(":1:"));
         let r = d.path().join("r.tsv");
-        std::fs::write(&r, "query-id\tcorpus-id\tscore\n1\tdocA\t1\n1\tdocB\t0\n2\tdocC\t2\n").expect("w");
+        std::fs::write(
+            &r,
+            "query-id\tcorpus-id\tscore\n1\tdocA\t1\n1\tdocB\t0\n2\tdocC\t2\n",
+        )
+        .expect("w");
         let qr = read_qrels(&r).expect("qrels");
         assert_eq!(qr["1"].len(), 1);
         assert_eq!(qr["2"]["docC"], 2.0);

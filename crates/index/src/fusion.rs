@@ -15,17 +15,23 @@ pub enum Fusion {
     /// `alpha * dense + (1 - alpha) * bm25`, each min-max normalised over its list;
     /// a key missing from a list gets 0 there.
     Convex { alpha: f32 },
+    /// `alpha * dense + (1 - alpha) * bm25`, each z-score normalised over its list
+    /// (`(s - mean) / std`); a key missing from a list gets that list's lowest z.
+    /// Unlike min-max, one outlying top score does not squash the rest of its list.
+    ZScore { alpha: f32 },
 }
 
 impl Default for Fusion {
     /// Chosen on the dev half of `eval/retrieval` (see docs/BENCHMARKS.md).
     fn default() -> Self {
-        Fusion::Convex { alpha: DEFAULT_ALPHA }
+        Fusion::Convex {
+            alpha: DEFAULT_ALPHA,
+        }
     }
 }
 
 /// Default weight of the dense list in [`Fusion::Convex`].
-pub const DEFAULT_ALPHA: f32 = 0.5;
+pub const DEFAULT_ALPHA: f32 = 0.9;
 /// Default constant of [`Fusion::Rrf`].
 pub const DEFAULT_RRF_K: f32 = 60.0;
 
@@ -35,19 +41,51 @@ pub(crate) fn fuse(bm25: &[(u32, f32)], dense: &[(u32, f32)], fusion: Fusion) ->
     let mut acc: HashMap<u32, f32> = HashMap::with_capacity(bm25.len() + dense.len());
     match fusion {
         Fusion::Rrf { k } => {
-            let k = if k.is_finite() && k >= 0.0 { k } else { DEFAULT_RRF_K };
+            let k = if k.is_finite() && k >= 0.0 {
+                k
+            } else {
+                DEFAULT_RRF_K
+            };
             for list in [bm25, dense] {
                 for (rank, (key, _)) in list.iter().enumerate() {
                     *acc.entry(*key).or_default() += 1.0 / (k + rank as f32 + 1.0);
                 }
             }
         }
+        Fusion::ZScore { alpha } => {
+            let alpha = clamp_alpha(alpha);
+            let mut floor = [0.0f32; 2];
+            let mut z: [HashMap<u32, f32>; 2] = [HashMap::new(), HashMap::new()];
+            for (i, list) in [bm25, dense].into_iter().enumerate() {
+                if list.is_empty() {
+                    continue;
+                }
+                let n = list.len() as f32;
+                let mean = list.iter().map(|(_, s)| s).sum::<f32>() / n;
+                let var = list.iter().map(|(_, s)| (s - mean) * (s - mean)).sum::<f32>() / n;
+                let sd = if var > 0.0 { var.sqrt() } else { 1.0 };
+                let mut lo = f32::INFINITY;
+                for (key, s) in list {
+                    let v = (s - mean) / sd;
+                    lo = lo.min(v);
+                    z[i].insert(*key, v);
+                }
+                floor[i] = lo;
+            }
+            for key in z[0].keys().chain(z[1].keys()) {
+                let b = z[0].get(key).copied().unwrap_or(floor[0]);
+                let d = z[1].get(key).copied().unwrap_or(floor[1]);
+                acc.insert(*key, (1.0 - alpha) * b + alpha * d);
+            }
+        }
         Fusion::Convex { alpha } => {
-            let alpha = if alpha.is_finite() { alpha.clamp(0.0, 1.0) } else { DEFAULT_ALPHA };
+            let alpha = clamp_alpha(alpha);
             for (list, w) in [(bm25, 1.0 - alpha), (dense, alpha)] {
-                let (lo, hi) = list.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), (_, s)| {
-                    (lo.min(*s), hi.max(*s))
-                });
+                let (lo, hi) = list
+                    .iter()
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), (_, s)| {
+                        (lo.min(*s), hi.max(*s))
+                    });
                 for (key, s) in list {
                     let norm = if hi > lo { (s - lo) / (hi - lo) } else { 1.0 };
                     *acc.entry(*key).or_default() += w * norm;
@@ -58,6 +96,14 @@ pub(crate) fn fuse(bm25: &[(u32, f32)], dense: &[(u32, f32)], fusion: Fusion) ->
     let mut out: Vec<(u32, f32)> = acc.into_iter().collect();
     out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     out
+}
+
+fn clamp_alpha(alpha: f32) -> f32 {
+    if alpha.is_finite() {
+        alpha.clamp(0.0, 1.0)
+    } else {
+        DEFAULT_ALPHA
+    }
 }
 
 /// Collapse a chunk list (best first) to a document list: each document keeps its
@@ -106,6 +152,30 @@ mod tests {
         // 3: 0.5*0 + 0.5*1 = 0.5; 2: 0.5*0.5 + 0.5*0.875 = 0.6875 -> 2 first
         assert_eq!(mid[0].0, 2);
         assert!((mid[0].1 - 0.6875).abs() < 1e-6);
+    }
+
+    #[test]
+    fn zscore_by_hand() {
+        // bm25 scores 3, 2, 1: mean 2, sd sqrt(2/3); dense 0.9, 0.1: mean 0.5, sd 0.4.
+        let bm25 = [(1, 3.0), (2, 2.0), (3, 1.0)];
+        let dense = [(3, 0.9), (4, 0.1)];
+        let f = fuse(&bm25, &dense, Fusion::ZScore { alpha: 0.5 });
+        let sd = (2.0f32 / 3.0).sqrt();
+        let z = |key: u32| f.iter().find(|x| x.0 == key).expect("key").1;
+        // 3: bm25 z = -1/sd, dense z = +1; 4: missing from bm25 -> lowest bm25 z.
+        assert!((z(3) - 0.5 * (-1.0 / sd + 1.0)).abs() < 1e-5);
+        assert!((z(4) - 0.5 * (-1.0 / sd - 1.0)).abs() < 1e-5);
+        // 1: dense missing -> lowest dense z (-1).
+        assert!((z(1) - 0.5 * (1.0 / sd - 1.0)).abs() < 1e-5);
+        assert_eq!(f.len(), 4);
+        assert_eq!(f[0].0, 1); // 0.5 * (1.22 - 1) beats 0.5 * (-1.22 + 1)
+        // alpha 0 reproduces the bm25 order.
+        let b: Vec<u32> = fuse(&bm25, &dense, Fusion::ZScore { alpha: 0.0 })
+            .iter()
+            .take(3)
+            .map(|x| x.0)
+            .collect();
+        assert_eq!(b, vec![1, 2, 3]);
     }
 
     #[test]

@@ -143,7 +143,15 @@ impl Hnsw {
     }
 
     /// Best-first search of one layer from `eps`, keeping `ef` results (best first).
-    fn search_layer(&self, data: &[f32], q: &[f32], eps: &[Scored], ef: usize, level: usize, visited: &mut Visited) -> Vec<Scored> {
+    fn search_layer(
+        &self,
+        data: &[f32],
+        q: &[f32],
+        eps: &[Scored],
+        ef: usize,
+        level: usize,
+        visited: &mut Visited,
+    ) -> Vec<Scored> {
         let mut cand: BinaryHeap<Scored> = BinaryHeap::new();
         let mut best = TopK::new(ef);
         for &e in eps {
@@ -159,7 +167,10 @@ impl Hnsw {
                 if !visited.insert(nb) {
                     continue;
                 }
-                let s = Scored { row: nb, score: dot(self.vec(data, nb), q) };
+                let s = Scored {
+                    row: nb,
+                    score: dot(self.vec(data, nb), q),
+                };
                 // `>=`: keep walking across plateaus of equal scores.
                 if best.threshold().is_none_or(|t| s.score >= t) {
                     cand.push(s);
@@ -180,7 +191,10 @@ impl Hnsw {
                 break;
             }
             let cv = self.vec(data, c.row);
-            if kept.iter().all(|k| dot(cv, self.vec(data, k.row)) < c.score) {
+            if kept
+                .iter()
+                .all(|k| dot(cv, self.vec(data, k.row)) < c.score)
+            {
                 kept.push(c);
             } else {
                 rejected.push(c);
@@ -217,7 +231,10 @@ impl Hnsw {
         }
         let q = self.vec(data, id).to_vec();
         let mut visited = Visited::new(self.len());
-        let mut ep = vec![Scored { row: self.entry, score: dot(self.vec(data, self.entry), &q) }];
+        let mut ep = vec![Scored {
+            row: self.entry,
+            score: dot(self.vec(data, self.entry), &q),
+        }];
         for l in (level + 1..=self.max_level).rev() {
             ep = self.search_layer(data, &q, &ep, 1, l, &mut visited);
             visited = Visited::new(self.len());
@@ -235,7 +252,10 @@ impl Hnsw {
                     let nv = self.vec(data, nb);
                     let mut scored: Vec<Scored> = list
                         .iter()
-                        .map(|&x| Scored { row: x, score: dot(nv, self.vec(data, x)) })
+                        .map(|&x| Scored {
+                            row: x,
+                            score: dot(nv, self.vec(data, x)),
+                        })
                         .collect();
                     scored.sort_by(|a, b| b.cmp(a));
                     list = self.select(data, &scored, cap);
@@ -251,12 +271,22 @@ impl Hnsw {
     }
 
     /// Approximate top-`k` rows by dot product among rows where `allow` holds.
-    pub fn search(&self, data: &[f32], q: &[f32], k: usize, ef: usize, allow: &dyn Fn(usize) -> bool) -> Vec<Scored> {
+    pub fn search(
+        &self,
+        data: &[f32],
+        q: &[f32],
+        k: usize,
+        ef: usize,
+        allow: &dyn Fn(usize) -> bool,
+    ) -> Vec<Scored> {
         if self.entry == NONE || k == 0 {
             return Vec::new();
         }
         let mut visited = Visited::new(self.len());
-        let mut ep = vec![Scored { row: self.entry, score: dot(self.vec(data, self.entry), q) }];
+        let mut ep = vec![Scored {
+            row: self.entry,
+            score: dot(self.vec(data, self.entry), q),
+        }];
         for l in (1..=self.max_level).rev() {
             ep = self.search_layer(data, q, &ep, 1, l, &mut visited);
             visited = Visited::new(self.len());
@@ -286,16 +316,20 @@ impl Hnsw {
             w.write_all(&v.to_le_bytes()).map_err(io)?;
         }
         w.write_all(&self.levels).map_err(io)?;
-        w.write_all(bytemuck::cast_slice(&self.layer0)).map_err(io)?;
+        w.write_all(bytemuck::cast_slice(&self.layer0))
+            .map_err(io)?;
         let mut ids: Vec<&u32> = self.upper.keys().collect();
         ids.sort();
         for id in ids {
             for list in &self.upper[id] {
-                w.write_all(&(list.len() as u32).to_le_bytes()).map_err(io)?;
+                w.write_all(&(list.len() as u32).to_le_bytes())
+                    .map_err(io)?;
                 w.write_all(bytemuck::cast_slice(list)).map_err(io)?;
             }
         }
-        let f = w.into_inner().map_err(|e| Error::io("write", path, e.into_error()))?;
+        let f = w
+            .into_inner()
+            .map_err(|e| Error::io("write", path, e.into_error()))?;
         f.sync_all().map_err(|e| Error::io("fsync", path, e))
     }
 
@@ -305,18 +339,31 @@ impl Hnsw {
         std::fs::File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .map_err(|e| Error::io("read", path, e))?;
-        let bad = |r: &str| Error::Corrupt { path: path.to_path_buf(), reason: r.to_string() };
+        let bad = |r: &str| Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: r.to_string(),
+        };
         let mut pos = 0usize;
         let mut take = |n: usize| -> Result<&[u8]> {
-            let s = bytes.get(pos..pos + n).ok_or_else(|| bad("truncated HNSW file"))?;
+            let s = bytes
+                .get(pos..pos + n)
+                .ok_or_else(|| bad("truncated HNSW file"))?;
             pos += n;
             Ok(s)
         };
         if take(8)? != MAGIC {
             return Err(bad("not an HNSW file"));
         }
-        let mut u = || -> Result<u64> { Ok(u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"))) };
-        let (n, m, efc, entry, max_level, rng) = (u()? as usize, u()? as usize, u()? as usize, u()? as u32, u()? as usize, u()?);
+        let mut u =
+            || -> Result<u64> { Ok(u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"))) };
+        let (n, m, efc, entry, max_level, rng) = (
+            u()? as usize,
+            u()? as usize,
+            u()? as usize,
+            u()? as u32,
+            u()? as usize,
+            u()?,
+        );
         let m0 = 2 * m;
         let levels = take(n)?.to_vec();
         let layer0: Vec<u32> = take(n * m0 * 4)?
@@ -346,7 +393,18 @@ impl Hnsw {
         if layer0.iter().any(|&x| x != NONE && x as usize >= n) || (n > 0 && entry as usize >= n) {
             return Err(bad("neighbour id out of range"));
         }
-        Ok(Self { dim, m, m0, ef_construction: efc, entry, max_level, levels, layer0, upper, rng })
+        Ok(Self {
+            dim,
+            m,
+            m0,
+            ef_construction: efc,
+            entry,
+            max_level,
+            levels,
+            layer0,
+            upper,
+            rng,
+        })
     }
 }
 
@@ -384,7 +442,10 @@ mod tests {
         let all = |_: usize| true;
         let mut hit = 0;
         for q in queries.chunks_exact(dim) {
-            let exact: Vec<u32> = exact_search(&data, dim, q, 10, &all).iter().map(|s| s.row).collect();
+            let exact: Vec<u32> = exact_search(&data, dim, q, 10, &all)
+                .iter()
+                .map(|s| s.row)
+                .collect();
             let approx = h.search(&data, q, 10, 64, &all);
             hit += approx.iter().filter(|s| exact.contains(&s.row)).count();
         }

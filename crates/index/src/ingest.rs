@@ -16,7 +16,9 @@ use crate::bm25::{self, Fields};
 use crate::chunk::{Chunk, ChunkOptions, chunk_text};
 use crate::hnsw::{Hnsw, HnswParams};
 use crate::source::{self, Failure, Item, SourceDoc};
-use crate::store::{self, Appender, Catalog, CatalogEntry, ChunkRec, DocRec, IndexInfo, Manifest, StoredDoc};
+use crate::store::{
+    self, Appender, Catalog, CatalogEntry, ChunkRec, DocRec, IndexInfo, Manifest, StoredDoc,
+};
 use crate::{Embedder, Error, Result};
 
 /// Progress reporting for long ingests (the CLI draws a bar).
@@ -89,8 +91,18 @@ fn doc_hash(d: &SourceDoc, opts: &ChunkOptions, embedder: &str) -> String {
     h.update(serde_json::to_vec(&d.meta).unwrap_or_default());
     h.update([0]);
     h.update(d.text.as_bytes());
-    h.update(format!("\0chunk-v1/{}/{}/{embedder}", opts.max_tokens, opts.overlap_tokens).as_bytes());
-    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+    h.update(
+        format!(
+            "\0chunk-v1/{}/{}/{embedder}",
+            opts.max_tokens, opts.overlap_tokens
+        )
+        .as_bytes(),
+    );
+    h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The text embedded for a chunk: title and heading path give it context.
@@ -163,7 +175,10 @@ pub fn ingest(
     match lock.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(Error::Locked { dir: data_dir.to_path_buf(), lock: lock_path });
+            return Err(Error::Locked {
+                dir: data_dir.to_path_buf(),
+                lock: lock_path,
+            });
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
     }
@@ -193,10 +208,10 @@ pub fn ingest(
                     if err.is_some() {
                         return;
                     }
-                    if let Item::Failed(f) = &item {
-                        if f.id.is_none() {
-                            *unknown_failures.entry(root.origin.clone()).or_default() += 1;
-                        }
+                    if let Item::Failed(f) = &item
+                        && f.id.is_none()
+                    {
+                        *unknown_failures.entry(root.origin.clone()).or_default() += 1;
                     }
                     if let Err(e) = w.handle(item, &root.origin) {
                         err = Some(e);
@@ -244,7 +259,11 @@ fn wipe(dir: &Path) -> Result<()> {
         if p.file_name().is_some_and(|n| n == store::LOCK) {
             continue;
         }
-        let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
         r.map_err(|e| Error::io("remove", &p, e))?;
     }
     Ok(())
@@ -309,7 +328,10 @@ impl<'a> Writer<'a> {
                 path: tdir.join("meta.json"),
                 reason: format!("commit payload: {e}"),
             })?,
-            None => Manifest { format: store::FORMAT_VERSION, ..Manifest::default() },
+            None => Manifest {
+                format: store::FORMAT_VERSION,
+                ..Manifest::default()
+            },
         };
         if manifest.format != store::FORMAT_VERSION {
             return Err(Error::IncompatibleVersion {
@@ -323,16 +345,27 @@ impl<'a> Writer<'a> {
         } else {
             let cp = dir.join(store::catalog_name(manifest.generation));
             let bytes = std::fs::read(&cp).map_err(|e| Error::io("read", &cp, e))?;
-            let catalog = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Corrupt { path: cp, reason: e.to_string() })?;
-            (catalog, store::read_bits(&dir.join(store::alive_name(manifest.generation)))?)
+            let catalog = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                path: cp,
+                reason: e.to_string(),
+            })?;
+            (
+                catalog,
+                store::read_bits(&dir.join(store::alive_name(manifest.generation)))?,
+            )
         };
         let m = &manifest;
         let app = |name: &str, len: u64| Appender::open(dir.join(name), len);
         let vectors = app(store::VECTORS, m.rows * info.dim as u64 * 4)?;
-        let chunks_idx = app(store::CHUNKS_IDX, m.rows * std::mem::size_of::<ChunkRec>() as u64)?;
+        let chunks_idx = app(
+            store::CHUNKS_IDX,
+            m.rows * std::mem::size_of::<ChunkRec>() as u64,
+        )?;
         let chunks_txt = app(store::CHUNKS_TXT, m.chunks_txt_bytes)?;
-        let docs_idx = app(store::DOCS_IDX, m.doc_records * std::mem::size_of::<DocRec>() as u64)?;
+        let docs_idx = app(
+            store::DOCS_IDX,
+            m.doc_records * std::mem::size_of::<DocRec>() as u64,
+        )?;
         let docs_jsonl = app(store::DOCS_JSONL, m.docs_jsonl_bytes)?;
         // Tantivy discards anything a killed writer left uncommitted.
         let writer = index.writer_with_num_threads(1, 64_000_000)?;
@@ -365,7 +398,9 @@ impl<'a> Writer<'a> {
             Item::Failed(f) => {
                 if let Some(id) = &f.id {
                     // Known id: keep the old version and protect it from --prune.
-                    self.seen.entry(id.clone()).or_insert_with(|| f.location.clone());
+                    self.seen
+                        .entry(id.clone())
+                        .or_insert_with(|| f.location.clone());
                 }
                 self.summary.failed.push(f);
                 return Ok(());
@@ -434,7 +469,10 @@ impl<'a> Writer<'a> {
         }
         let inputs: Vec<String> = docs
             .iter()
-            .flat_map(|(p, cs)| cs.iter().map(|c| embed_input(&p.doc.meta.title, &c.heading_path, &c.text)))
+            .flat_map(|(p, cs)| {
+                cs.iter()
+                    .map(|c| embed_input(&p.doc.meta.title, &c.heading_path, &c.text))
+            })
             .collect();
         let mut vecs: Vec<Vec<f32>> = Vec::with_capacity(inputs.len());
         for group in inputs.chunks(self.opts.embed_batch.max(1)) {
@@ -451,13 +489,17 @@ impl<'a> Writer<'a> {
         }
         let dim = self.embedder.dim();
         if let Some(v) = vecs.iter().find(|v| v.len() != dim) {
-            return Err(Error::Embedding(format!("embedder returned {} dims, expected {dim}", v.len())));
+            return Err(Error::Embedding(format!(
+                "embedder returned {} dims, expected {dim}",
+                v.len()
+            )));
         }
         let mut vi = vecs.into_iter();
         for (p, chunks) in docs {
             let id = p.doc.meta.id.clone();
             if let Some(old) = self.catalog.get(&id).cloned() {
-                self.writer.delete_term(Term::from_field_text(self.fields.doc_id, &id));
+                self.writer
+                    .delete_term(Term::from_field_text(self.fields.doc_id, &id));
                 self.remove_rows(&old);
                 self.summary.updated += 1;
             } else {
@@ -471,7 +513,8 @@ impl<'a> Writer<'a> {
                 self.vectors.write(bytemuck::cast_slice(&v))?;
                 let heading = c.heading_path.join("\u{1f}");
                 let rec = ChunkRec {
-                    doc: u32::try_from(doc_ord).map_err(|_| Error::InvalidArgument("too many documents".into()))?,
+                    doc: u32::try_from(doc_ord)
+                        .map_err(|_| Error::InvalidArgument("too many documents".into()))?,
                     chunk: ci as u32,
                     text_off: self.chunks_txt.len,
                     heading_len: heading.len() as u32,
@@ -482,8 +525,13 @@ impl<'a> Writer<'a> {
                 self.chunks_txt.write(heading.as_bytes())?;
                 self.chunks_txt.write(c.text.as_bytes())?;
                 self.chunks_idx.write(bytemuck::bytes_of(&rec))?;
-                self.writer
-                    .add_document(bm25::chunk_doc(&self.fields, &p.doc.meta, &c.text, &c.heading_path, row))?;
+                self.writer.add_document(bm25::chunk_doc(
+                    &self.fields,
+                    &p.doc.meta,
+                    &c.text,
+                    &c.heading_path,
+                    row,
+                ))?;
                 store::bit_set(&mut self.alive, row as usize, true);
                 self.manifest.rows += 1;
             }
@@ -497,7 +545,10 @@ impl<'a> Writer<'a> {
             };
             let mut line = serde_json::to_vec(&stored).expect("plain struct serialises");
             line.push(b'\n');
-            let rec = DocRec { off: self.docs_jsonl.len, len: line.len() as u64 - 1 };
+            let rec = DocRec {
+                off: self.docs_jsonl.len,
+                len: line.len() as u64 - 1,
+            };
             self.docs_jsonl.write(&line)?;
             self.docs_idx.write(bytemuck::bytes_of(&rec))?;
             self.manifest.doc_records += 1;
@@ -529,7 +580,8 @@ impl<'a> Writer<'a> {
             .collect();
         for id in gone {
             if let Some(e) = self.catalog.remove(&id) {
-                self.writer.delete_term(Term::from_field_text(self.fields.doc_id, &id));
+                self.writer
+                    .delete_term(Term::from_field_text(self.fields.doc_id, &id));
                 self.remove_rows(&e);
                 self.summary.removed += 1;
                 self.dirty = true;
@@ -553,7 +605,10 @@ impl<'a> Writer<'a> {
         if self.alive.len() < rows.div_ceil(64) {
             self.alive.resize(rows.div_ceil(64), 0);
         }
-        store::write_atomic(&self.dir.join(store::alive_name(g)), &store::bits_bytes(&self.alive))?;
+        store::write_atomic(
+            &self.dir.join(store::alive_name(g)),
+            &store::bits_bytes(&self.alive),
+        )?;
         let cat = serde_json::to_vec(&self.catalog).expect("plain map serialises");
         store::write_atomic(&self.dir.join(store::catalog_name(g)), &cat)?;
         let live_chunks: u64 = self.alive.iter().map(|x| u64::from(x.count_ones())).sum();
@@ -562,11 +617,14 @@ impl<'a> Writer<'a> {
             let dim = self.embedder.dim();
             let mut h = match self.hnsw.take() {
                 Some(h) => h,
-                None if self.manifest.hnsw => Hnsw::load(&self.dir.join(store::hnsw_name(prev)), dim)?,
+                None if self.manifest.hnsw => {
+                    Hnsw::load(&self.dir.join(store::hnsw_name(prev)), dim)?
+                }
                 None => Hnsw::new(dim, self.opts.hnsw),
             };
             let vpath = self.dir.join(store::VECTORS);
-            let map = store::map(&vpath, self.vectors.len)?.expect("rows > 0 so the file is not empty");
+            let map =
+                store::map(&vpath, self.vectors.len)?.expect("rows > 0 so the file is not empty");
             let data: &[f32] = bytemuck::cast_slice(&map[..self.vectors.len as usize]);
             h.extend(data);
             h.save(&self.dir.join(store::hnsw_name(g)))?;
@@ -624,17 +682,36 @@ mod tests {
         let src = tmp.path().join("src");
         std::fs::create_dir_all(&src).expect("mkdir");
         let lines = vec![
-            rec("a", "Reward hacking", "Agents exploit misspecified reward functions in games.", ""),
-            rec("bb", "Interpretability", "Circuits in vision models reveal curve detectors.", ""),
+            rec(
+                "a",
+                "Reward hacking",
+                "Agents exploit misspecified reward functions in games.",
+                "",
+            ),
+            rec(
+                "bb",
+                "Interpretability",
+                "Circuits in vision models reveal curve detectors.",
+                "",
+            ),
             "{broken".to_string(),
-            rec("ccc", "Corrigibility", "An agent that accepts shutdown and correction.", r#","newsletter":7"#),
+            rec(
+                "ccc",
+                "Corrigibility",
+                "An agent that accepts shutdown and correction.",
+                r#","newsletter":7"#,
+            ),
         ];
         let f = jsonl(&src, "c.jsonl", &lines);
         let opts = IngestOptions::default();
         let s = ingest(&data, std::slice::from_ref(&f), emb(), &opts, &NoProgress).expect("ingest");
         assert_eq!((s.added, s.updated, s.skipped), (3, 0, 0));
         assert_eq!(s.failed.len(), 1);
-        assert!(s.failed[0].location.ends_with("c.jsonl:3"), "{:?}", s.failed);
+        assert!(
+            s.failed[0].location.ends_with("c.jsonl:3"),
+            "{:?}",
+            s.failed
+        );
 
         let idx = Index::open(&data, emb()).expect("open");
         assert_eq!(idx.stats().expect("stats").docs, 3);
@@ -654,29 +731,60 @@ mod tests {
         assert_eq!(idx.search(&r).expect("s").len(), 3);
         r.filters.author = vec!["nobody".into()];
         assert!(idx.search(&r).expect("s").is_empty());
-        r.filters = crate::Filters { since: Some("2021-05-04".into()), ..Default::default() };
-        let ids: Vec<String> = idx.search(&r).expect("s").into_iter().map(|h| h.id).collect();
+        r.filters = crate::Filters {
+            since: Some("2021-05-04".into()),
+            ..Default::default()
+        };
+        let ids: Vec<String> = idx
+            .search(&r)
+            .expect("s")
+            .into_iter()
+            .map(|h| h.id)
+            .collect();
         assert_eq!(ids, vec!["ccc".to_string()]);
-        r.filters = crate::Filters { since: Some("not a date".into()), ..Default::default() };
+        r.filters = crate::Filters {
+            since: Some("not a date".into()),
+            ..Default::default()
+        };
         assert!(matches!(idx.search(&r), Err(Error::InvalidArgument(_))));
 
         // Same input again: everything skipped, no new generation.
-        let s2 = ingest(&data, std::slice::from_ref(&f), emb(), &opts, &NoProgress).expect("ingest");
-        assert_eq!((s2.added, s2.updated, s2.skipped, s2.generation), (0, 0, 3, s.generation));
+        let s2 =
+            ingest(&data, std::slice::from_ref(&f), emb(), &opts, &NoProgress).expect("ingest");
+        assert_eq!(
+            (s2.added, s2.updated, s2.skipped, s2.generation),
+            (0, 0, 3, s.generation)
+        );
 
         // Change one, drop one, prune.
         let lines = vec![
-            rec("a", "Reward hacking", "Specification gaming: boats spin in circles for points.", ""),
-            rec("ccc", "Corrigibility", "An agent that accepts shutdown and correction.", r#","newsletter":7"#),
+            rec(
+                "a",
+                "Reward hacking",
+                "Specification gaming: boats spin in circles for points.",
+                "",
+            ),
+            rec(
+                "ccc",
+                "Corrigibility",
+                "An agent that accepts shutdown and correction.",
+                r#","newsletter":7"#,
+            ),
         ];
         jsonl(&src, "c.jsonl", &lines);
-        let popts = IngestOptions { prune: true, ..IngestOptions::default() };
-        let s3 = ingest(&data, std::slice::from_ref(&f), emb(), &popts, &NoProgress).expect("ingest");
+        let popts = IngestOptions {
+            prune: true,
+            ..IngestOptions::default()
+        };
+        let s3 =
+            ingest(&data, std::slice::from_ref(&f), emb(), &popts, &NoProgress).expect("ingest");
         assert_eq!((s3.added, s3.updated, s3.skipped, s3.removed), (0, 1, 1, 1));
         assert_eq!(s3.docs, 2);
         assert!(idx.refresh().expect("refresh"));
         assert!(idx.document("bb").expect("doc").is_none());
-        let hits = idx.search(&SearchRequest::new("boats spin circles", 5)).expect("s");
+        let hits = idx
+            .search(&SearchRequest::new("boats spin circles", 5))
+            .expect("s");
         assert_eq!(hits[0].id, "a");
         assert!(hits[0].passage.text.contains("boats"));
         assert!(hits.iter().all(|h| h.id != "bb"));
@@ -697,15 +805,34 @@ mod tests {
         std::fs::create_dir_all(src.join("sub")).expect("mkdir");
         std::fs::write(src.join("a.md"), "# Mesa optimizers\n\nInner alignment failures.\n\n## Deception\n\nDeceptive alignment.").expect("w");
         std::fs::write(src.join("sub/b.html"), "<html><title>Debate</title><nav>menu</nav><h1>AI safety via debate</h1><p>Two agents argue.</p></html>").expect("w");
-        std::fs::write(src.join("c.txt"), "Scalable oversight\n\nAmplification of humans.").expect("w");
+        std::fs::write(
+            src.join("c.txt"),
+            "Scalable oversight\n\nAmplification of humans.",
+        )
+        .expect("w");
         std::fs::write(src.join("d.pdf"), crate::source::test_pdf(None)).expect("w");
-        std::fs::write(src.join("e.pdf"), crate::source::test_pdf(Some("Eliciting latent knowledge from models"))).expect("w");
+        std::fs::write(
+            src.join("e.pdf"),
+            crate::source::test_pdf(Some("Eliciting latent knowledge from models")),
+        )
+        .expect("w");
         std::fs::write(src.join("skip.bin"), b"\x00\x01").expect("w");
         let data = tmp.path().join("data");
-        let s = ingest(&data, &[src.clone()], emb(), &IngestOptions::default(), &NoProgress).expect("ingest");
+        let s = ingest(
+            &data,
+            std::slice::from_ref(&src),
+            emb(),
+            &IngestOptions::default(),
+            &NoProgress,
+        )
+        .expect("ingest");
         assert_eq!(s.added, 4, "{s:?}");
         assert_eq!(s.failed.len(), 1);
-        assert!(s.failed[0].reason.contains("no text layer"), "{:?}", s.failed);
+        assert!(
+            s.failed[0].reason.contains("no text layer"),
+            "{:?}",
+            s.failed
+        );
         let idx = Index::open(&data, emb()).expect("open");
         let hits = idx.search(&SearchRequest::new("deceptive", 3)).expect("s");
         assert_eq!(hits[0].title, "Mesa optimizers");
@@ -715,7 +842,9 @@ mod tests {
         let hits = idx.search(&r).expect("s");
         assert_eq!(hits[0].title, "Debate");
         assert!(!hits[0].passage.text.contains("menu"));
-        let hits = idx.search(&SearchRequest::new("latent knowledge", 3)).expect("s");
+        let hits = idx
+            .search(&SearchRequest::new("latent knowledge", 3))
+            .expect("s");
         assert!(hits[0].id.ends_with("e.pdf"));
     }
 
@@ -723,24 +852,67 @@ mod tests {
     fn lock_reset_and_embedder_mismatch() {
         let tmp = tempfile::tempdir().expect("tmp");
         let data = tmp.path().join("data");
-        let f = jsonl(tmp.path(), "x.jsonl", &[rec("a", "T", "some text here", "")]);
-        ingest(&data, std::slice::from_ref(&f), emb(), &IngestOptions::default(), &NoProgress).expect("ingest");
+        let f = jsonl(
+            tmp.path(),
+            "x.jsonl",
+            &[rec("a", "T", "some text here", "")],
+        );
+        ingest(
+            &data,
+            std::slice::from_ref(&f),
+            emb(),
+            &IngestOptions::default(),
+            &NoProgress,
+        )
+        .expect("ingest");
         // Held lock -> Locked.
-        let lock = std::fs::File::open(store::index_dir(&data).join(store::LOCK)).expect("lock file");
+        let lock =
+            std::fs::File::open(store::index_dir(&data).join(store::LOCK)).expect("lock file");
         lock.lock().expect("take lock");
-        let e = ingest(&data, std::slice::from_ref(&f), emb(), &IngestOptions::default(), &NoProgress).unwrap_err();
+        let e = ingest(
+            &data,
+            std::slice::from_ref(&f),
+            emb(),
+            &IngestOptions::default(),
+            &NoProgress,
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::Locked { .. }), "{e}");
         lock.unlock().expect("unlock");
         // Other embedder -> clear message, then reset works.
         let other: Arc<dyn Embedder> = Arc::new(HashEmbedder::new(32));
         let e = Index::open(&data, other.clone()).unwrap_err();
         assert!(e.to_string().contains("re-ingest"), "{e}");
-        let e = ingest(&data, std::slice::from_ref(&f), other.clone(), &IngestOptions::default(), &NoProgress).unwrap_err();
+        let e = ingest(
+            &data,
+            std::slice::from_ref(&f),
+            other.clone(),
+            &IngestOptions::default(),
+            &NoProgress,
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::EmbedderMismatch { .. }));
-        let reset = IngestOptions { reset: true, ..IngestOptions::default() };
-        let s = ingest(&data, std::slice::from_ref(&f), other.clone(), &reset, &NoProgress).expect("reset");
+        let reset = IngestOptions {
+            reset: true,
+            ..IngestOptions::default()
+        };
+        let s = ingest(
+            &data,
+            std::slice::from_ref(&f),
+            other.clone(),
+            &reset,
+            &NoProgress,
+        )
+        .expect("reset");
         assert_eq!(s.added, 1);
-        assert_eq!(Index::open(&data, other).expect("open").stats().expect("s").docs, 1);
+        assert_eq!(
+            Index::open(&data, other)
+                .expect("open")
+                .stats()
+                .expect("s")
+                .docs,
+            1
+        );
     }
 
     #[test]
@@ -750,10 +922,21 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let data = tmp.path().join("data");
         let lines: Vec<String> = (0..300)
-            .map(|i| rec(&format!("d{i}"), &format!("Topic {i}"), &format!("word{i} alpha{} beta{} gamma{}", i % 7, i % 11, i % 13), ""))
+            .map(|i| {
+                rec(
+                    &format!("d{i}"),
+                    &format!("Topic {i}"),
+                    &format!("word{i} alpha{} beta{} gamma{}", i % 7, i % 11, i % 13),
+                    "",
+                )
+            })
             .collect();
         let f = jsonl(tmp.path(), "x.jsonl", &lines[..150]);
-        let opts = IngestOptions { hnsw_min_rows: 100, checkpoint_docs: 60, ..IngestOptions::default() };
+        let opts = IngestOptions {
+            hnsw_min_rows: 100,
+            checkpoint_docs: 60,
+            ..IngestOptions::default()
+        };
         ingest(&data, std::slice::from_ref(&f), emb(), &opts, &NoProgress).expect("ingest");
         jsonl(tmp.path(), "x.jsonl", &lines);
         let s = ingest(&data, std::slice::from_ref(&f), emb(), &opts, &NoProgress).expect("ingest");

@@ -4,6 +4,8 @@
 //! Ingest with [`ingest`], search with [`Index`]; [`eval`] scores retrieval on BEIR
 //! files. Embedding models plug in through the [`Embedder`] trait.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod bm25;
 mod chunk;
 mod embed;
@@ -23,10 +25,10 @@ pub use embed::{Embedder, MiniLm};
 pub use error::{Error, Result};
 pub use fusion::{DEFAULT_ALPHA, DEFAULT_RRF_K, Fusion};
 pub use hnsw::{Hnsw, HnswParams};
-pub use vectors::Scored;
 pub use ingest::{IngestOptions, IngestSummary, NoProgress, Progress, ingest};
 pub use search::{
-    Document, Filters, Index, IndexStats, MAX_K, MAX_QUERY_CHARS, Mode, Passage, SearchHit,
+    DEFAULT_DEPTH, Document, Filters, Index, IndexStats, MAX_K, MAX_QUERY_CHARS, Mode, Passage, SearchHit,
     SearchRequest, highlight_spans, truncate_query,
 };
 pub use source::{DocMeta, Failure};
+pub use vectors::Scored;

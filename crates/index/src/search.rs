@@ -94,6 +94,18 @@ pub struct SearchRequest {
     pub filters: Filters,
     /// Return chunks instead of documents (best chunk per document).
     pub chunk_level: bool,
+    /// Candidates taken from each retriever before fusion, in chunks (at least
+    /// `4 * k` for document results, `2 * k` for chunk results). Fixed by default so
+    /// that fused scores, and hence the top results, do not depend on `k`.
+    #[serde(default = "default_depth")]
+    pub depth: usize,
+}
+
+/// Default [`SearchRequest::depth`], chosen on the dev half of `eval/retrieval`.
+pub const DEFAULT_DEPTH: usize = 400;
+
+fn default_depth() -> usize {
+    DEFAULT_DEPTH
 }
 
 impl SearchRequest {
@@ -106,6 +118,7 @@ impl SearchRequest {
             fusion: Fusion::default(),
             filters: Filters::default(),
             chunk_level: false,
+            depth: DEFAULT_DEPTH,
         }
     }
 }
@@ -220,7 +233,7 @@ pub(crate) struct Snapshot {
     pub hnsw: Option<crate::hnsw::Hnsw>,
 }
 
-fn slice<'a>(m: &'a Option<Mmap>, len: u64) -> &'a [u8] {
+fn slice(m: &Option<Mmap>, len: u64) -> &[u8] {
     m.as_ref().map_or(&[][..], |m| &m[..len as usize])
 }
 
@@ -325,7 +338,12 @@ impl Snapshot {
         Ok(bits)
     }
 
-    fn bm25(&self, query: &str, filter: Option<Box<dyn Query>>, n: usize) -> Result<Vec<(u32, f32)>> {
+    fn bm25(
+        &self,
+        query: &str,
+        filter: Option<Box<dyn Query>>,
+        n: usize,
+    ) -> Result<Vec<(u32, f32)>> {
         let q = bm25::text_query(&self.tantivy, &self.fields, query);
         let q: Box<dyn Query> = match filter {
             Some(f) => Box::new(BooleanQuery::new(vec![(Occur::Must, q), (Occur::Must, f)])),
@@ -394,7 +412,11 @@ fn open_snapshot(dir: &Path, embedder: &dyn Embedder) -> Result<Option<Snapshot>
             .try_into()?;
         let searcher = reader.searcher();
         let mut want: Vec<_> = metas.segments.iter().map(|s| s.id()).collect();
-        let mut got: Vec<_> = searcher.segment_readers().iter().map(|s| s.segment_id()).collect();
+        let mut got: Vec<_> = searcher
+            .segment_readers()
+            .iter()
+            .map(|s| s.segment_id())
+            .collect();
         want.sort();
         got.sort();
         attempt += 1;
@@ -419,13 +441,22 @@ fn open_snapshot(dir: &Path, embedder: &dyn Embedder) -> Result<Option<Snapshot>
     let m = &manifest;
     let dim = info.dim as u64;
     let vectors = store::map(&dir.join(store::VECTORS), m.rows * dim * 4)?;
-    let chunks_idx = store::map(&dir.join(store::CHUNKS_IDX), m.rows * std::mem::size_of::<ChunkRec>() as u64)?;
+    let chunks_idx = store::map(
+        &dir.join(store::CHUNKS_IDX),
+        m.rows * std::mem::size_of::<ChunkRec>() as u64,
+    )?;
     let chunks_txt = store::map(&dir.join(store::CHUNKS_TXT), m.chunks_txt_bytes)?;
-    let docs_idx = store::map(&dir.join(store::DOCS_IDX), m.doc_records * std::mem::size_of::<DocRec>() as u64)?;
+    let docs_idx = store::map(
+        &dir.join(store::DOCS_IDX),
+        m.doc_records * std::mem::size_of::<DocRec>() as u64,
+    )?;
     let docs_jsonl = store::map(&dir.join(store::DOCS_JSONL), m.docs_jsonl_bytes)?;
     let alive = store::read_bits(&dir.join(store::alive_name(m.generation)))?;
     let hnsw = if m.hnsw {
-        Some(crate::hnsw::Hnsw::load(&dir.join(store::hnsw_name(m.generation)), info.dim)?)
+        Some(crate::hnsw::Hnsw::load(
+            &dir.join(store::hnsw_name(m.generation)),
+            info.dim,
+        )?)
     } else {
         None
     };
@@ -471,7 +502,9 @@ pub struct Index {
 
 impl std::fmt::Debug for Index {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Index").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Index")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -577,7 +610,12 @@ impl Index {
             return Ok(Vec::new());
         }
         let filter_q = bm25::filter_query(&s.fields, &req.filters)?;
-        let n = if req.chunk_level { (2 * k).max(50) } else { (4 * k).max(100) };
+        let n = if req.chunk_level {
+            (2 * k).max(req.depth)
+        } else {
+            (4 * k).max(req.depth)
+        }
+        .max(1);
         let bm = if req.mode != Mode::Dense {
             s.bm25(query, filter_q.as_ref().map(|q| q.box_clone()), n)?
         } else {
@@ -723,7 +761,13 @@ mod tests {
             url: Some("u".into()),
             source: "s".into(),
             score: 1.5,
-            passage: Passage { chunk: 2, text: "p".into(), heading_path: vec![], start: 3, end: 4 },
+            passage: Passage {
+                chunk: 2,
+                text: "p".into(),
+                heading_path: vec![],
+                start: 3,
+                end: 4,
+            },
         };
         let v = serde_json::to_value(&h).expect("json");
         assert_eq!(v["id"], "x");

@@ -163,7 +163,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
+        f.write_all(bytes)
+            .map_err(|e| Error::io("write", &tmp, e))?;
         f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
     }
     std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))?;
@@ -213,7 +214,10 @@ impl Appender {
             .truncate(false)
             .open(&path)
             .map_err(|e| Error::io("open", &path, e))?;
-        let len = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat", &path, e))?
+            .len();
         if len < committed {
             return Err(Error::Corrupt {
                 path,
@@ -221,7 +225,8 @@ impl Appender {
             });
         }
         // Drop whatever a killed ingest left past the commit point.
-        file.set_len(committed).map_err(|e| Error::io("truncate", &path, e))?;
+        file.set_len(committed)
+            .map_err(|e| Error::io("truncate", &path, e))?;
         use std::io::Seek;
         let mut file = file;
         file.seek(std::io::SeekFrom::Start(committed))
@@ -242,7 +247,9 @@ impl Appender {
     }
 
     pub fn sync(&mut self) -> Result<()> {
-        self.file.flush().map_err(|e| Error::io("write", &self.path, e))?;
+        self.file
+            .flush()
+            .map_err(|e| Error::io("write", &self.path, e))?;
         self.file
             .get_ref()
             .sync_all()
@@ -303,8 +310,11 @@ mod tests {
     fn info_version_check() {
         let d = tempfile::tempdir().expect("tmp");
         assert!(read_info(d.path()).expect("none").is_none());
-        std::fs::write(d.path().join(INFO), r#"{"format": 999, "embedder": "x", "dim": 3}"#)
-            .expect("w");
+        std::fs::write(
+            d.path().join(INFO),
+            r#"{"format": 999, "embedder": "x", "dim": 3}"#,
+        )
+        .expect("w");
         let e = read_info(d.path()).unwrap_err().to_string();
         assert!(e.contains("re-ingest") && e.contains("format 999"), "{e}");
     }

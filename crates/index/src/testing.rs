@@ -55,7 +55,10 @@ impl Embedder for HashEmbedder {
     }
     /// One token per word or punctuation mark.
     fn count_tokens(&self, text: &str) -> usize {
-        let words = text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).count();
+        let words = text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .count();
         let punct = text.chars().filter(|c| c.is_ascii_punctuation()).count();
         words + punct
     }

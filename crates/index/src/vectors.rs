@@ -180,13 +180,18 @@ mod tests {
     fn exact_search_serial_and_parallel_agree_with_sort() {
         let dim = 16;
         for rows in [100usize, 40_000] {
-            let m: Vec<f32> = (0..rows * dim).map(|i| ((i * 2654435761) % 1000) as f32 / 1000.0 - 0.5).collect();
+            let m: Vec<f32> = (0..rows * dim)
+                .map(|i| ((i * 2654435761) % 1000) as f32 / 1000.0 - 0.5)
+                .collect();
             let q: Vec<f32> = (0..dim).map(|i| (i as f32).sin()).collect();
-            let allow = |r: usize| r % 3 != 0;
+            let allow = |r: usize| !r.is_multiple_of(3);
             let got = exact_search(&m, dim, &q, 10, &allow);
             let mut all: Vec<Scored> = (0..rows)
                 .filter(|&r| allow(r))
-                .map(|r| Scored { row: r as u32, score: dot(&m[r * dim..(r + 1) * dim], &q) })
+                .map(|r| Scored {
+                    row: r as u32,
+                    score: dot(&m[r * dim..(r + 1) * dim], &q),
+                })
                 .collect();
             all.sort_by(|a, b| b.cmp(a));
             all.truncate(10);

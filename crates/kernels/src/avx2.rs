@@ -11,7 +11,7 @@
 #![allow(unsafe_op_in_unsafe_fn)]
 
 use crate::GgmlDType;
-use crate::quant::{Q8Block, Q8KBlock, Q8x4, scale_min_k4};
+use crate::quant::{Q8Block, Q8KBlock, Q8x4};
 use std::arch::x86_64::*;
 
 const F_Q4_0: u8 = 0;
@@ -189,14 +189,27 @@ unsafe fn dot_q4k<const R: usize, const Q5: bool>(row: &[u8], xs: &[&[Q8KBlock]]
         let blk = &row[b * ts..(b + 1) * ts];
         let d = f16_at(blk, 0);
         let dmin = f16_at(blk, 2);
-        let sc = &blk[4..16];
-        let mut scales = [0i16; 8];
-        let mut mins = [0i32; 8];
-        for j in 0..8 {
-            let (s, m) = scale_min_k4(j, sc);
-            scales[j] = s as i16;
-            mins[j] = m as i32;
-        }
+        // The 12 packed 6-bit scales and mins to 8 + 8 bytes without per-entry
+        // branches (the same bit moves as `quant::scale_min_k4`).
+        let u = |i: usize| {
+            u32::from_le_bytes([
+                blk[4 + 4 * i],
+                blk[5 + 4 * i],
+                blk[6 + 4 * i],
+                blk[7 + 4 * i],
+            ])
+        };
+        let (u0, u1, u2) = (u(0), u(1), u(2));
+        const K1: u32 = 0x3f3f_3f3f;
+        const K2: u32 = 0x0f0f_0f0f;
+        const K3: u32 = 0x0303_0303;
+        let sc_lo = u0 & K1;
+        let sc_hi = (u2 & K2) | (((u0 >> 6) & K3) << 4);
+        let mn_lo = u1 & K1;
+        let mn_hi = ((u2 >> 4) & K2) | (((u1 >> 6) & K3) << 4);
+        let scb = (sc_lo as u64 | (sc_hi as u64) << 32).to_le_bytes();
+        let scales: [i16; 8] = std::array::from_fn(|j| scb[j] as i16);
+        let mins16 = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, mn_hi as i32, mn_lo as i32));
         let qs = if Q5 {
             blk[48..].as_ptr()
         } else {
@@ -237,10 +250,12 @@ unsafe fn dot_q4k<const R: usize, const Q5: bool>(row: &[u8], xs: &[&[Q8KBlock]]
         }
         for r in 0..R {
             let y = &xs[r][b];
-            let mut summ = 0i32;
-            for j in 0..8 {
-                summ += mins[j] * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
-            }
+            let bs = y.bsums.as_ptr() as *const __m128i;
+            let pairs = _mm_hadd_epi16(_mm_loadu_si128(bs), _mm_loadu_si128(bs.add(1)));
+            let v = _mm_madd_epi16(mins16, pairs);
+            let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
+            let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b10_11_00_01>(v));
+            let summ = _mm_cvtsi128_si32(v);
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[r]), _mm256_set1_ps(d * y.d), acc[r]);
             off[r] -= dmin * y.d * summ as f32;
         }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long an idle worker spins before parking.
-const SPIN: Duration = Duration::from_micros(300);
+const SPIN: Duration = Duration::from_micros(200);
 
 /// One job: `f(i)` for every chunk `i < n`.
 struct Job {
@@ -116,8 +116,16 @@ impl Pool {
             sh.wake.notify_all();
         }
         job.work();
+        // The last chunks run on other threads: spin briefly, then yield so that a
+        // descheduled worker on an oversubscribed machine gets the core back sooner.
+        let mut spins = 0u32;
         while job.done.load(Ordering::Acquire) < n {
-            std::hint::spin_loop();
+            spins += 1;
+            if spins < 4096 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
         self.busy.store(false, Ordering::Release);
         if job.panicked.load(Ordering::Relaxed) {
@@ -157,7 +165,11 @@ fn worker(id: usize, sh: &Shared) {
                 break;
             }
             spins += 1;
-            if spins.is_multiple_of(256) && start.elapsed() > SPIN {
+            if spins > 4096 {
+                // Past the first few µs: keep polling, but let other threads run.
+                std::thread::yield_now();
+            }
+            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
                 let mut guard = sh.slot.lock().expect("pool mutex is never poisoned");
                 sh.sleeping.fetch_add(1, Ordering::SeqCst);
                 while sh.generation.load(Ordering::SeqCst) == seen {

@@ -242,3 +242,49 @@ fn quantized_activations_round_trip_closely() {
         }
     }
 }
+
+#[test]
+fn tiled_prefill_kernels_match_reference_on_many_chunks() {
+    // m >= 4 takes the register-tiled path at AVX2; n large enough for several
+    // chunks on several threads, odd so the last row pair is a single row.
+    for (i, dtype) in [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check(dtype, 203, 256, 11, 40 + i as u64);
+    }
+}
+
+#[test]
+fn concurrent_matmuls_from_many_threads_agree() {
+    // The kernel pool serves one job at a time; callers racing for it must still get
+    // exact, identical answers (the loser runs inline).
+    let mut rng = Rng(5);
+    let w = random_matrix(GgmlDType::Q4_1, 257, 512, &mut rng);
+    let x: Vec<f32> = (0..3 * 512).map(|_| rng.normal()).collect();
+    let mut want = vec![0f32; 3 * 257];
+    w.matmul(&x, &mut want).expect("shapes fit");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .expect("a rayon pool");
+    pool.install(|| {
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        let mut y = vec![0f32; 3 * 257];
+                        w.matmul(&x, &mut y).expect("shapes fit");
+                        assert_eq!(y, want);
+                    }
+                });
+            }
+        });
+    });
+}

@@ -78,9 +78,8 @@ pub fn parse_prompts(text: &str, path: &Path) -> Result<Vec<String>> {
             }
             let v: Value = serde_json::from_str(line)
                 .map_err(|e| bad(format!("line {}: invalid JSON: {e}", i + 1)))?;
-            let s = instruction_of(&v).ok_or_else(|| {
-                bad(format!("line {}: no \"instruction\" field", i + 1))
-            })?;
+            let s = instruction_of(&v)
+                .ok_or_else(|| bad(format!("line {}: no \"instruction\" field", i + 1)))?;
             out.push(s);
         }
     } else {

@@ -94,7 +94,10 @@ impl Direction {
             .map(|&x| f64::from(x) * f64::from(x))
             .sum::<f64>()
             .sqrt();
-        self.vector.iter().map(|&x| (f64::from(x) / n) as f32).collect()
+        self.vector
+            .iter()
+            .map(|&x| (f64::from(x) / n) as f32)
+            .collect()
     }
 
     /// Write to `path` (a directory gets `direction.safetensors`), atomically.
@@ -128,14 +131,19 @@ impl Direction {
             meta.insert("positions".into(), positions.join(","));
             tensors.push((
                 "candidates".into(),
-                TensorView::new(Dtype::F32, vec![c.positions.len(), c.n_layer, c.hidden], bytes)
-                    .map_err(|e| Error::InvalidArgument(format!("candidates: {e}")))?,
+                TensorView::new(
+                    Dtype::F32,
+                    vec![c.positions.len(), c.n_layer, c.hidden],
+                    bytes,
+                )
+                .map_err(|e| Error::InvalidArgument(format!("candidates: {e}")))?,
             ));
         }
-        let bytes = safetensors::serialize(tensors, Some(meta)).map_err(|e| Error::BadDirection {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let bytes =
+            safetensors::serialize(tensors, Some(meta)).map_err(|e| Error::BadDirection {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         crate::state::write_atomic(&path, &bytes)?;
         Ok(path)
     }
@@ -152,16 +160,22 @@ impl Direction {
         let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
         let meta = header.metadata().clone().unwrap_or_default();
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(bad(format!("not an overseer direction file (format {FORMAT:?} expected)")));
+            return Err(bad(format!(
+                "not an overseer direction file (format {FORMAT:?} expected)"
+            )));
         }
-        let get = |k: &str| meta.get(k).ok_or_else(|| bad(format!("metadata {k:?} missing")));
+        let get = |k: &str| {
+            meta.get(k)
+                .ok_or_else(|| bad(format!("metadata {k:?} missing")))
+        };
         let num = |k: &str| -> Result<i64> {
             get(k)?
                 .parse::<i64>()
                 .map_err(|_| bad(format!("metadata {k:?} is not an integer")))
         };
         let layer = usize::try_from(num("layer")?).map_err(|_| bad("negative layer".into()))?;
-        let n_layer = usize::try_from(num("n_layer")?).map_err(|_| bad("negative n_layer".into()))?;
+        let n_layer =
+            usize::try_from(num("n_layer")?).map_err(|_| bad("negative n_layer".into()))?;
         let position = num("position")?;
         let view = st.tensor("direction").map_err(|e| bad(e.to_string()))?;
         let vector = f32_from(&view).ok_or_else(|| bad("direction is not f32".into()))?;
@@ -191,7 +205,15 @@ impl Direction {
             }
             Err(_) => None,
         };
-        let reserved = ["format", "model", "layer", "position", "n_layer", "hidden", "positions"];
+        let reserved = [
+            "format",
+            "model",
+            "layer",
+            "position",
+            "n_layer",
+            "hidden",
+            "positions",
+        ];
         let extra = meta
             .iter()
             .filter(|(k, _)| !reserved.contains(&k.as_str()))
@@ -244,7 +266,10 @@ mod tests {
         assert!(path.ends_with(DIRECTION_FILE));
         let back = load_direction(dir.path()).unwrap();
         assert_eq!(back, d);
-        assert_eq!(back.candidates.as_ref().unwrap().get(1, 2), d.vector.as_slice());
+        assert_eq!(
+            back.candidates.as_ref().unwrap().get(1, 2),
+            d.vector.as_slice()
+        );
         let u = back.unit();
         let n: f32 = u.iter().map(|x| x * x).sum();
         assert!((n - 1.0).abs() < 1e-6);
@@ -256,7 +281,10 @@ mod tests {
         let path = sample().save(dir.path()).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-        assert!(matches!(Direction::load(&path), Err(Error::BadDirection { .. })));
+        assert!(matches!(
+            Direction::load(&path),
+            Err(Error::BadDirection { .. })
+        ));
         std::fs::write(&path, b"not safetensors").unwrap();
         assert!(Direction::load(&path).is_err());
         assert!(matches!(

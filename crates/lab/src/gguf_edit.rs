@@ -134,9 +134,14 @@ fn rewrite(
         .sum::<f64>()
         .sqrt();
     if !(norm > 0.0 && norm.is_finite()) {
-        return Err(Error::InvalidArgument("direction has zero or non-finite norm".into()));
+        return Err(Error::InvalidArgument(
+            "direction has zero or non-finite norm".into(),
+        ));
     }
-    let unit: Vec<f32> = direction.iter().map(|&x| (f64::from(x) / norm) as f32).collect();
+    let unit: Vec<f32> = direction
+        .iter()
+        .map(|&x| (f64::from(x) / norm) as f32)
+        .collect();
     let d = Tensor::from_vec(unit.clone(), unit.len(), &Device::Cpu)?;
 
     let mut names: Vec<(&String, u64)> = content
@@ -162,8 +167,15 @@ fn rewrite(
             continue;
         };
         let w = q.dequantize(&Device::Cpu)?;
-        let last = *w.dims().last().expect("a tensor has at least one dimension");
-        let hidden_dim = if kind == EditKind::Output { w.dim(0)? } else { last };
+        let last = *w
+            .dims()
+            .last()
+            .expect("a tensor has at least one dimension");
+        let hidden_dim = if kind == EditKind::Output {
+            w.dim(0)?
+        } else {
+            last
+        };
         if hidden_dim != unit.len() {
             return Err(err(format!(
                 "tensor {name} has shape {:?}; the direction has {} elements",
@@ -173,7 +185,11 @@ fn rewrite(
         }
         let new = if edit { project_out(&w, &d, kind)? } else { w };
         // Biases stay F32: 1-D F16 tensors gain nothing.
-        let t = if kind == EditKind::Bias { GgmlDType::F32 } else { target };
+        let t = if kind == EditKind::Bias {
+            GgmlDType::F32
+        } else {
+            target
+        };
         tensors.push((name.clone(), QTensor::quantize(&new, t)?));
         edited.push(name.clone());
         if kind == EditKind::Embedding && tied {
@@ -182,7 +198,9 @@ fn rewrite(
         }
     }
     if edited.iter().all(|n| n != "token_embd.weight") {
-        return Err(err("no token_embd.weight: not a llama/qwen2 style model".into()));
+        return Err(err(
+            "no token_embd.weight: not a llama/qwen2 style model".into()
+        ));
     }
 
     // Metadata is copied; candle's writer aligns tensor data to 32 bytes, so a
@@ -206,12 +224,21 @@ fn rewrite(
     })
 }
 
-fn write_gguf(out: &Path, meta: &[(&str, &gguf_file::Value)], tensors: &[(&str, &QTensor)]) -> Result<()> {
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+fn write_gguf(
+    out: &Path,
+    meta: &[(&str, &gguf_file::Value)],
+    tensors: &[(&str, &QTensor)],
+) -> Result<()> {
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
     let tmp = dir.join(format!(
         ".{}.tmp{}",
-        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     {
@@ -284,24 +311,44 @@ mod tests {
         // Output-style weight (hidden=2, in=3): dᵀ W' must be 0.
         let w = Tensor::new(&[[1.0f32, 2.0, 3.0], [4.0, 5.0, 6.0]], &dev).unwrap();
         let w2 = project_out(&w, &d, EditKind::Output).unwrap();
-        let dw: Vec<f32> = d.unsqueeze(0).unwrap().matmul(&w2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let dw: Vec<f32> = d
+            .unsqueeze(0)
+            .unwrap()
+            .matmul(&w2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert!(dw.iter().all(|x| x.abs() < 1e-5), "{dw:?}");
         // Embedding-style (vocab=3, hidden=2): E' d must be 0, and the orthogonal part stays.
         let e = Tensor::new(&[[1.0f32, 0.0], [0.0, 1.0], [0.8, -0.6]], &dev).unwrap();
         let e2 = project_out(&e, &d, EditKind::Embedding).unwrap();
-        let ed: Vec<f32> = e2.matmul(&d.unsqueeze(1).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let ed: Vec<f32> = e2
+            .matmul(&d.unsqueeze(1).unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert!(ed.iter().all(|x| x.abs() < 1e-5), "{ed:?}");
         let row2: Vec<f32> = e2.get(2).unwrap().to_vec1().unwrap();
         assert!((row2[0] - 0.8).abs() < 1e-6 && (row2[1] + 0.6).abs() < 1e-6);
         let b = Tensor::new(&[3.0f32, 4.0], &dev).unwrap();
-        let b2: Vec<f32> = project_out(&b, &d, EditKind::Bias).unwrap().to_vec1().unwrap();
+        let b2: Vec<f32> = project_out(&b, &d, EditKind::Bias)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert!((b2[0] * 0.6 + b2[1] * 0.8).abs() < 1e-5);
     }
 
     #[test]
     fn tensor_name_classes() {
         assert_eq!(edit_kind("token_embd.weight"), Some(EditKind::Embedding));
-        assert_eq!(edit_kind("blk.3.attn_output.weight"), Some(EditKind::Output));
+        assert_eq!(
+            edit_kind("blk.3.attn_output.weight"),
+            Some(EditKind::Output)
+        );
         assert_eq!(edit_kind("blk.12.ffn_down.weight"), Some(EditKind::Output));
         assert_eq!(edit_kind("blk.0.attn_output.bias"), Some(EditKind::Bias));
         assert_eq!(edit_kind("blk.0.ffn_up.weight"), None);
@@ -325,11 +372,20 @@ mod tests {
             c.metadata["general.architecture"].to_string().unwrap(),
             "controlvector"
         );
-        assert_eq!(c.metadata["controlvector.model_hint"].to_string().unwrap(), "qwen2");
+        assert_eq!(
+            c.metadata["controlvector.model_hint"].to_string().unwrap(),
+            "qwen2"
+        );
         let info = &c.tensor_infos["direction.4"];
         assert_eq!(info.ggml_dtype, GgmlDType::F32);
         assert_eq!(info.shape.dims(), &[3]);
-        let t: Vec<f32> = c.tensor(&mut f, "direction.4", &Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap().to_vec1().unwrap();
+        let t: Vec<f32> = c
+            .tensor(&mut f, "direction.4", &Device::Cpu)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(t, vec![-2.0, -1.0, 2.0]);
         assert!(export_control_vector(&[1.0], 1, 24, &opts, &out).is_err());
         assert!(export_control_vector(&[1.0], 25, 24, &opts, &out).is_err());

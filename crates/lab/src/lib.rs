@@ -34,7 +34,9 @@ pub use pipeline::{
     evaluate, intervention_hook, steering_hook, summarize,
 };
 pub use report::{CostReport, DataReport, Example, Rates, Report, SelectedReport};
-pub use runner::{Completion, NoProgress, Progress, Runner, boxed as boxed_hook, reborrow as reborrow_hook};
+pub use runner::{
+    Completion, NoProgress, Progress, Runner, boxed as boxed_hook, reborrow as reborrow_hook,
+};
 pub use select::{
     CandidateScore, Rejection, Selected, SelectionConfig, first_pruned_layer, pick_coefficient,
     select,

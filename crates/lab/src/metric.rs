@@ -91,7 +91,13 @@ pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
     let lq = log_softmax(q_logits);
     lp.iter()
         .zip(&lq)
-        .map(|(&a, &b)| if a.is_finite() { a.exp() * (a - b) } else { 0.0 })
+        .map(|(&a, &b)| {
+            if a.is_finite() {
+                a.exp() * (a - b)
+            } else {
+                0.0
+            }
+        })
         .sum()
 }
 
@@ -134,7 +140,10 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let words: Vec<String> = DEFAULT_REFUSAL_WORDS.iter().map(|s| s.to_string()).collect();
+        let words: Vec<String> = DEFAULT_REFUSAL_WORDS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(refusal_token_ids(&vocab, &words), vec![0, 2, 3]);
     }
 

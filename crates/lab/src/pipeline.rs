@@ -17,7 +17,9 @@ use crate::direction::{Candidates, Direction};
 use crate::metric::{is_refusal, kl_divergence, mean, refusal_token_ids};
 use crate::report::{CostReport, DataReport, Example, Rates, Report, SelectedReport};
 use crate::runner::{Progress, Runner};
-use crate::select::{CandidateScore, Selected, SelectionConfig, first_pruned_layer, pick_coefficient, select};
+use crate::select::{
+    CandidateScore, Selected, SelectionConfig, first_pruned_layer, pick_coefficient, select,
+};
 use crate::state::RunState;
 use crate::{Error, Result};
 
@@ -67,7 +69,10 @@ impl RunConfig {
             batch: 16,
             max_new_tokens: 256,
             selection: SelectionConfig::default(),
-            refusal_words: crate::metric::DEFAULT_REFUSAL_WORDS.iter().map(|s| s.to_string()).collect(),
+            refusal_words: crate::metric::DEFAULT_REFUSAL_WORDS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             filter: true,
             last_position_only: false,
             score_pruned_layers: false,
@@ -87,7 +92,9 @@ struct PromptSets {
     harmful_test: Vec<String>,
     harmless_test: Vec<String>,
     data: DataReport,
+    #[serde(deserialize_with = "crate::select::nan_null")]
     baseline_val_harmful: f64,
+    #[serde(deserialize_with = "crate::select::nan_null")]
     baseline_val_harmless: f64,
 }
 
@@ -162,7 +169,10 @@ pub fn steering_hook(
 }
 
 /// Directional ablation of the saved direction everywhere (`overseer chat --ablate DIR`).
-pub fn ablation_hook(dir: &Direction, device: &overseer_lm::candle_core::Device) -> Result<Ablation> {
+pub fn ablation_hook(
+    dir: &Direction,
+    device: &overseer_lm::candle_core::Device,
+) -> Result<Ablation> {
     Ok(Ablation::new(&dir.vector, device)?)
 }
 
@@ -198,7 +208,11 @@ pub fn summarize(items: &[JudgedCompletion]) -> (f64, f64) {
     (rate, mean(&scores))
 }
 
-fn stage<T>(timings: &mut Vec<(String, f64)>, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+fn stage<T>(
+    timings: &mut Vec<(String, f64)>,
+    name: &str,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     let t = Instant::now();
     let r = f()?;
     timings.push((name.to_string(), t.elapsed().as_secs_f64()));
@@ -272,7 +286,14 @@ impl RefusalRun<'_> {
         let mut kept = Vec::new();
         let mut scored = 0;
         let chunk = (runner.batch * 2).max(n / 2).max(1);
-        progress.start(if harmful { "filter harmful" } else { "filter harmless" }, n as u64);
+        progress.start(
+            if harmful {
+                "filter harmful"
+            } else {
+                "filter harmless"
+            },
+            n as u64,
+        );
         for part in order.chunks(chunk) {
             if kept.len() >= n {
                 break;
@@ -296,7 +317,11 @@ impl RefusalRun<'_> {
         let c = &self.config;
         let [ht, lt, hv, lv, hx, lx] = self.splits()?;
         let mut notes = Vec::new();
-        let mut pick = |pool: &[String], n: usize, harmful: bool, what: &str| -> Result<(Vec<String>, usize)> {
+        let mut pick = |pool: &[String],
+                        n: usize,
+                        harmful: bool,
+                        what: &str|
+         -> Result<(Vec<String>, usize)> {
             let (kept, scored) = self.filtered(runner, pool, n, harmful, progress)?;
             const MIN: usize = 4;
             if kept.len() < MIN.min(n) {
@@ -321,8 +346,16 @@ impl RefusalRun<'_> {
         let (harmless_val, lvs) = pick(&lv, c.n_val, false, "harmless val")?;
         let harmful_test = sample(&hx, c.n_test, c.seed);
         let harmless_test = sample(&lx, c.n_test, c.seed);
-        let base_h = runner.refusal_scores(&runner.encode_all(&harmful_val)?, None, &crate::runner::NoProgress)?;
-        let base_l = runner.refusal_scores(&runner.encode_all(&harmless_val)?, None, &crate::runner::NoProgress)?;
+        let base_h = runner.refusal_scores(
+            &runner.encode_all(&harmful_val)?,
+            None,
+            &crate::runner::NoProgress,
+        )?;
+        let base_l = runner.refusal_scores(
+            &runner.encode_all(&harmless_val)?,
+            None,
+            &crate::runner::NoProgress,
+        )?;
         let data = DataReport {
             harmful_train_scored: hts,
             harmful_train: harmful_train.len(),
@@ -356,7 +389,12 @@ impl RefusalRun<'_> {
         })
     }
 
-    fn means(&self, runner: &Runner<'_>, p: &PromptSets, progress: &dyn Progress) -> Result<MeansState> {
+    fn means(
+        &self,
+        runner: &Runner<'_>,
+        p: &PromptSets,
+        progress: &dyn Progress,
+    ) -> Result<MeansState> {
         let post = self.model.chat_template().post_instruction()?;
         let post_ids = self.model.tokenizer().encode(&post, false)?;
         let n_all = post_ids.len().max(1);
@@ -368,7 +406,14 @@ impl RefusalRun<'_> {
                 break;
             }
         }
-        let n = n_all.min(harmful.iter().chain(&harmless).map(Vec::len).min().unwrap_or(1));
+        let n = n_all.min(
+            harmful
+                .iter()
+                .chain(&harmless)
+                .map(Vec::len)
+                .min()
+                .unwrap_or(1),
+        );
         progress.start("activations", (harmful.len() + harmless.len()) as u64);
         let mh = runner.means(&harmful, n, progress)?;
         let ml = runner.means(&harmless, n, progress)?;
@@ -399,7 +444,9 @@ impl RefusalRun<'_> {
         let prompts: PromptSets = match state.load("prompts.json")? {
             Some(p) => p,
             None => {
-                let p = stage(&mut timings, "prompts+filter", || self.prompts(&runner, progress))?;
+                let p = stage(&mut timings, "prompts+filter", || {
+                    self.prompts(&runner, progress)
+                })?;
                 state.save("prompts.json", &p)?;
                 p
             }
@@ -407,7 +454,9 @@ impl RefusalRun<'_> {
         let means: MeansState = match state.load("means.json")? {
             Some(m) => m,
             None => {
-                let m = stage(&mut timings, "activations", || self.means(&runner, &prompts, progress))?;
+                let m = stage(&mut timings, "activations", || {
+                    self.means(&runner, &prompts, progress)
+                })?;
                 state.save("means.json", &m)?;
                 m
             }
@@ -432,7 +481,10 @@ impl RefusalRun<'_> {
             vector: cands.get(pos_idx, layer).to_vec(),
             candidates: Some(cands.clone()),
             extra: [
-                ("architecture".to_string(), self.model.config().architecture.gguf_name().to_string()),
+                (
+                    "architecture".to_string(),
+                    self.model.config().architecture.gguf_name().to_string(),
+                ),
                 ("seed".to_string(), self.config.seed.to_string()),
             ]
             .into_iter()
@@ -448,14 +500,25 @@ impl RefusalRun<'_> {
                             "no candidate direction passed the selection filters (--strict)".into(),
                         ));
                     };
-                    let pi = cands.positions.iter().position(|&p| p == ch.position).expect("scored from these positions");
+                    let pi = cands
+                        .positions
+                        .iter()
+                        .position(|&p| p == ch.position)
+                        .expect("scored from these positions");
                     let dir = mk_dir(ch.layer, pi);
                     let enc = runner.encode_all(&prompts.harmless_val)?;
                     let mut coef_search = Vec::new();
-                    progress.start("coefficient search", self.config.addition_coefs.len() as u64);
+                    progress.start(
+                        "coefficient search",
+                        self.config.addition_coefs.len() as u64,
+                    );
                     for &coef in &self.config.addition_coefs {
                         let mut h = steering_hook(&dir, coef, self.model.device())?;
-                        let sc = mean(&runner.refusal_scores(&enc, Some(&mut h), &crate::runner::NoProgress)?);
+                        let sc = mean(&runner.refusal_scores(
+                            &enc,
+                            Some(&mut h),
+                            &crate::runner::NoProgress,
+                        )?);
                         coef_search.push((coef, sc));
                         progress.advance(1);
                         if sc > self.config.selection.induce_threshold {
@@ -463,8 +526,9 @@ impl RefusalRun<'_> {
                         }
                     }
                     progress.finish();
-                    let coef = pick_coefficient(&coef_search, self.config.selection.induce_threshold)
-                        .map_or(1.0, |(c, _)| c);
+                    let coef =
+                        pick_coefficient(&coef_search, self.config.selection.induce_threshold)
+                            .map_or(1.0, |(c, _)| c);
                     Ok(SelectState {
                         selected,
                         coef_search,
@@ -476,7 +540,11 @@ impl RefusalRun<'_> {
             }
         };
         let ch = sel.selected.chosen.expect("saved only with a choice");
-        let pi = cands.positions.iter().position(|&p| p == ch.position).expect("scored from these positions");
+        let pi = cands
+            .positions
+            .iter()
+            .position(|&p| p == ch.position)
+            .expect("scored from these positions");
         let dir = mk_dir(ch.layer, pi);
         dir.save(&self.out)?;
 
@@ -495,10 +563,20 @@ impl RefusalRun<'_> {
             let items: EvalState = match state.load(&file)? {
                 Some(e) => e,
                 None => {
-                    let set = if harmful { &prompts.harmful_test } else { &prompts.harmless_test };
+                    let set = if harmful {
+                        &prompts.harmful_test
+                    } else {
+                        &prompts.harmless_test
+                    };
                     let e = stage(&mut timings, &format!("eval {name}"), || {
                         let mut hook = intervention_hook(self.model, &dir, iv)?;
-                        let items = evaluate(&runner, set, crate::runner::boxed(&mut hook), self.config.max_new_tokens, progress)?;
+                        let items = evaluate(
+                            &runner,
+                            set,
+                            crate::runner::boxed(&mut hook),
+                            self.config.max_new_tokens,
+                            progress,
+                        )?;
                         let tokens = items.iter().map(|c| c.tokens.clone()).collect();
                         Ok(EvalState { items, tokens })
                     })?;
@@ -513,7 +591,14 @@ impl RefusalRun<'_> {
             Some(c) => c,
             None => {
                 let c = stage(&mut timings, "capability cost", || {
-                    self.cost(&runner, &dir, sel.coef, &prompts, &evals["baseline_harmless"], progress)
+                    self.cost(
+                        &runner,
+                        &dir,
+                        sel.coef,
+                        &prompts,
+                        &evals["baseline_harmless"],
+                        progress,
+                    )
                 })?;
                 state.save("cost.json", &c)?;
                 c
@@ -544,7 +629,12 @@ impl RefusalRun<'_> {
             refusal_tokens: runner
                 .refusal_ids
                 .iter()
-                .map(|&i| (i, self.model.tokenizer().token_to_piece(i).unwrap_or_default()))
+                .map(|&i| {
+                    (
+                        i,
+                        self.model.tokenizer().token_to_piece(i).unwrap_or_default(),
+                    )
+                })
                 .collect(),
             data: prompts.data.clone(),
             selected: SelectedReport {
@@ -595,10 +685,10 @@ impl RefusalRun<'_> {
     }
 
     fn model_name(&self) -> String {
-        self.config
-            .model
-            .file_name()
-            .map_or_else(|| self.config.model.display().to_string(), |n| n.to_string_lossy().into_owned())
+        self.config.model.file_name().map_or_else(
+            || self.config.model.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
     }
 
     fn score_candidates(
@@ -618,7 +708,11 @@ impl RefusalRun<'_> {
         let mut done: Vec<CandidateScore> = state.load_lines("scores.jsonl")?;
         let todo: Vec<(usize, usize)> = (0..last_layer)
             .flat_map(|l| (0..cands.positions.len()).map(move |pi| (l, pi)))
-            .filter(|&(l, pi)| !done.iter().any(|c| c.layer == l && c.position == cands.positions[pi]))
+            .filter(|&(l, pi)| {
+                !done
+                    .iter()
+                    .any(|c| c.layer == l && c.position == cands.positions[pi])
+            })
             .collect();
         if todo.is_empty() {
             return Ok(sorted(done));
@@ -630,11 +724,41 @@ impl RefusalRun<'_> {
         for (l, pi) in todo {
             let r = cands.get(pi, l);
             let np = crate::runner::NoProgress;
+            // Layer 0 at a post-instruction position sees the same token in every
+            // prompt, so r is exactly zero there: not a direction, scored NaN.
+            let norm: f64 = r
+                .iter()
+                .map(|&x| f64::from(x) * f64::from(x))
+                .sum::<f64>()
+                .sqrt();
+            if !(norm > 1e-6) {
+                let c = CandidateScore {
+                    layer: l,
+                    position: cands.positions[pi],
+                    bypass: f64::NAN,
+                    induce: f64::NAN,
+                    kl: f64::NAN,
+                };
+                state.append_line("scores.jsonl", &c)?;
+                done.push(c);
+                progress.advance(1);
+                continue;
+            }
             let mut abl = Ablation::new(r, self.model.device())?;
             let bypass = mean(&runner.refusal_scores(&harmful, Some(&mut abl), &np)?);
             let ablated = runner.last_logits(&harmless, Some(&mut abl), &np)?;
-            let kls: Vec<f64> = base.iter().zip(&ablated).map(|(a, b)| kl_divergence(a, b)).collect();
-            let mut add = ActivationAddition::new(HookPoint::ResidPre(l), r, 1.0, Positions::All, self.model.device())?;
+            let kls: Vec<f64> = base
+                .iter()
+                .zip(&ablated)
+                .map(|(a, b)| kl_divergence(a, b))
+                .collect();
+            let mut add = ActivationAddition::new(
+                HookPoint::ResidPre(l),
+                r,
+                1.0,
+                Positions::All,
+                self.model.device(),
+            )?;
             let induce = mean(&runner.refusal_scores(&harmless, Some(&mut add), &np)?);
             let c = CandidateScore {
                 layer: l,
@@ -664,9 +788,18 @@ impl RefusalRun<'_> {
         let np = crate::runner::NoProgress;
         progress.start("capability cost", 3 * prompts.len() as u64);
         let mut ce = Vec::new();
-        for iv in [Intervention::None, Intervention::Ablate, Intervention::Add(coef)] {
+        for iv in [
+            Intervention::None,
+            Intervention::Ablate,
+            Intervention::Add(coef),
+        ] {
             let mut h = intervention_hook(self.model, dir, iv)?;
-            ce.push(runner.cross_entropy(&prompts, &base.tokens, crate::runner::boxed(&mut h), progress)?);
+            ce.push(runner.cross_entropy(
+                &prompts,
+                &base.tokens,
+                crate::runner::boxed(&mut h),
+                progress,
+            )?);
         }
         progress.finish();
         let b = runner.last_logits(&prompts, None, &np)?;
@@ -699,7 +832,10 @@ impl RefusalRun<'_> {
                     instruction: b.instruction.clone(),
                     completions: vec![
                         ("baseline".to_string(), b.completion.clone()),
-                        (other.split('_').next().unwrap_or(other).to_string(), o.completion.clone()),
+                        (
+                            other.split('_').next().unwrap_or(other).to_string(),
+                            o.completion.clone(),
+                        ),
                     ],
                 });
             }
@@ -715,5 +851,7 @@ fn sorted(mut v: Vec<CandidateScore>) -> Vec<CandidateScore> {
 
 /// The default data folder: `../shared/data/refusal` next to a checkout.
 pub fn default_data_dir(checkout: &Path) -> PathBuf {
-    checkout.join("../shared/data").join(crate::data::DEFAULT_DATA_SUBDIR)
+    checkout
+        .join("../shared/data")
+        .join(crate::data::DEFAULT_DATA_SUBDIR)
 }

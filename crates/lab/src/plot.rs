@@ -149,7 +149,10 @@ pub fn line_chart(
     series: &[Series],
     hlines: &[(f64, String)],
 ) -> String {
-    let pts = series.iter().flat_map(|s| s.points.iter()).filter(|p| p.1.is_finite());
+    let pts = series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .filter(|p| p.1.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts {
         x0 = x0.min(x);
@@ -349,7 +352,10 @@ mod tests {
 
     #[test]
     fn ticks_are_nice_and_cover() {
-        assert_eq!(ticks(0.0, 1.0, 5), vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]);
+        assert_eq!(
+            ticks(0.0, 1.0, 5),
+            vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]
+        );
         let t = ticks(-4.3, 2.1, 6);
         assert!(t.first().unwrap() >= &-4.3 && t.last().unwrap() <= &2.1 && t.len() >= 4);
     }
@@ -366,7 +372,13 @@ mod tests {
                 points: vec![(0.0, 0.0), (3.0, 1.0)],
             },
         ];
-        let svg = line_chart("Bypass", "layer", "refusal score", &s, &[(0.0, "baseline".into())]);
+        let svg = line_chart(
+            "Bypass",
+            "layer",
+            "refusal score",
+            &s,
+            &[(0.0, "baseline".into())],
+        );
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("pos &lt;&amp;&gt;") && svg.contains("baseline"));
         assert_eq!(svg.matches("<polyline").count(), 3); // axes + 2 series
@@ -375,11 +387,18 @@ mod tests {
             "Refusal rate",
             "rate",
             &["baseline".into(), "ablation".into()],
-            &[("harmful".into(), vec![0.5, 0.0]), ("harmless".into(), vec![0.1, f64::NAN])],
+            &[
+                ("harmful".into(), vec![0.5, 0.0]),
+                ("harmless".into(), vec![0.1, f64::NAN]),
+            ],
             1.0,
         );
         assert_eq!(b.matches("<rect").count(), 1 + 3 + 2); // background + bars + legend
-        let p = text_panel("Examples", &["a".into(), "b".into()], &[vec!["x <y>".into(), "z".into()]]);
+        let p = text_panel(
+            "Examples",
+            &["a".into(), "b".into()],
+            &[vec!["x <y>".into(), "z".into()]],
+        );
         assert!(p.contains("x &lt;y&gt;"));
     }
 }

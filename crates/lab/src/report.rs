@@ -5,10 +5,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Result;
 use crate::plot::{Series, bar_chart, line_chart, text_panel};
 use crate::select::CandidateScore;
 use crate::state::write_atomic;
-use crate::Result;
 
 /// Refusal rates (0..1, substring judge) and mean logit refusal scores of one condition.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -61,11 +61,16 @@ pub struct DataReport {
 pub struct CostReport {
     /// Mean per-token cross-entropy (nats) of the baseline model's own greedy harmless
     /// completions, teacher-forced, with no intervention / ablation / addition.
+    #[serde(deserialize_with = "crate::select::nan_null")]
     pub ce_baseline: f64,
+    #[serde(deserialize_with = "crate::select::nan_null")]
     pub ce_ablation: f64,
+    #[serde(deserialize_with = "crate::select::nan_null")]
     pub ce_addition: f64,
     /// Mean KL(baseline ‖ intervened) of the next-token distribution on harmless test prompts.
+    #[serde(deserialize_with = "crate::select::nan_null")]
     pub kl_ablation: f64,
+    #[serde(deserialize_with = "crate::select::nan_null")]
     pub kl_addition: f64,
 }
 
@@ -241,7 +246,10 @@ impl Report {
 
     /// Write `report.json`, `report.md`, `scores.svg`, `rates.svg`, `examples.svg` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(self)?.as_bytes())?;
+        write_atomic(
+            &dir.join("report.json"),
+            serde_json::to_string_pretty(self)?.as_bytes(),
+        )?;
         write_atomic(&dir.join("report.md"), self.markdown().as_bytes())?;
         write_atomic(&dir.join("scores.svg"), self.scores_svg().as_bytes())?;
         write_atomic(&dir.join("rates.svg"), self.rates_svg().as_bytes())?;
@@ -317,7 +325,12 @@ impl Report {
 
     fn rates_svg(&self) -> String {
         let groups = ["baseline", "ablation", "addition", "subtraction"];
-        let conds = [&self.baseline, &self.ablation, &self.addition, &self.subtraction];
+        let conds = [
+            &self.baseline,
+            &self.ablation,
+            &self.addition,
+            &self.subtraction,
+        ];
         let harmful: Vec<f64> = conds
             .iter()
             .map(|r| r.harmful_refusal_rate.unwrap_or(f64::NAN))

@@ -111,7 +111,9 @@ impl<'m> Runner<'m> {
                 logits: Logits::Last,
             };
             let logits = self.model.forward(&mut s, &rows, o)?;
-            let v: Vec<Vec<f32>> = logits.to_dtype(overseer_lm::candle_core::DType::F32)?.to_vec2()?;
+            let v: Vec<Vec<f32>> = logits
+                .to_dtype(overseer_lm::candle_core::DType::F32)?
+                .to_vec2()?;
             for (k, row) in v.into_iter().enumerate() {
                 out[b[k]] = row;
             }
@@ -136,7 +138,12 @@ impl<'m> Runner<'m> {
 
     /// Mean `ResidPre(l)` for every layer at the last `n` positions, f64, in the
     /// `(positions, layers, hidden)` layout of `Candidates`.
-    pub fn means(&self, prompts: &[Vec<u32>], n: usize, progress: &dyn Progress) -> Result<Vec<f64>> {
+    pub fn means(
+        &self,
+        prompts: &[Vec<u32>],
+        n: usize,
+        progress: &dyn Progress,
+    ) -> Result<Vec<f64>> {
         let n_layer = self.model.config().n_layer;
         let hidden = self.model.config().hidden;
         let points: Vec<HookPoint> = (0..n_layer).map(HookPoint::ResidPre).collect();
@@ -189,8 +196,13 @@ impl<'m> Runner<'m> {
                 logits: Logits::Last,
             };
             let mut logits = self.model.forward(&mut s, &rows, o)?;
-            let first: Vec<Vec<f32>> = logits.to_dtype(overseer_lm::candle_core::DType::F32)?.to_vec2()?;
-            let first_scores: Vec<f64> = first.iter().map(|l| refusal_score(l, &self.refusal_ids)).collect();
+            let first: Vec<Vec<f32>> = logits
+                .to_dtype(overseer_lm::candle_core::DType::F32)?
+                .to_vec2()?;
+            let first_scores: Vec<f64> = first
+                .iter()
+                .map(|l| refusal_score(l, &self.refusal_ids))
+                .collect();
             let mut generated: Vec<Vec<u32>> = vec![Vec::new(); rows.len()];
             let mut done = vec![max_new == 0; rows.len()];
             for step in 0..max_new {
@@ -228,7 +240,10 @@ impl<'m> Runner<'m> {
             }
             progress.advance(b.len() as u64);
         }
-        Ok(out.into_iter().map(|c| c.expect("every prompt is in one batch")).collect())
+        Ok(out
+            .into_iter()
+            .map(|c| c.expect("every prompt is in one batch"))
+            .collect())
     }
 
     /// Mean per-token cross-entropy (nats) of `completions[i]` after `prompts[i]`,
@@ -246,7 +261,11 @@ impl<'m> Runner<'m> {
             .filter(|(_, c)| !c.is_empty())
             .map(|(p, c)| p.iter().chain(c).copied().collect())
             .collect();
-        let comp_len: Vec<usize> = completions.iter().filter(|c| !c.is_empty()).map(Vec::len).collect();
+        let comp_len: Vec<usize> = completions
+            .iter()
+            .filter(|c| !c.is_empty())
+            .map(Vec::len)
+            .collect();
         let (mut total, mut count) = (0.0f64, 0usize);
         // Full-sequence logits are (batch, seq, vocab): keep batches small.
         let batch = (self.batch / 4).max(1);
@@ -276,6 +295,10 @@ impl<'m> Runner<'m> {
             }
             progress.advance(b.len() as u64);
         }
-        Ok(if count == 0 { f64::NAN } else { total / count as f64 })
+        Ok(if count == 0 {
+            f64::NAN
+        } else {
+            total / count as f64
+        })
     }
 }

@@ -7,7 +7,12 @@
 //! score above 0), the rule is relaxed in a fixed, recorded order: first the induce
 //! filter is dropped, then the KL filter. `strict` turns relaxation off.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Read an f64 that JSON wrote as `null` (NaN) back as NaN.
+pub(crate) fn nan_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
 
 /// Scores of one candidate direction on the validation prompts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -16,10 +21,13 @@ pub struct CandidateScore {
     /// Negative offset from the end of the prompt (−1 = last token).
     pub position: i64,
     /// Mean refusal score on harmful prompts with the direction ablated (lower = better).
+    #[serde(deserialize_with = "nan_null")]
     pub bypass: f64,
     /// Mean refusal score on harmless prompts with `r` added at its layer (higher = better).
+    #[serde(deserialize_with = "nan_null")]
     pub induce: f64,
     /// Mean KL(baseline ‖ ablated) of the next-token distribution on harmless prompts.
+    #[serde(deserialize_with = "nan_null")]
     pub kl: f64,
 }
 
@@ -73,8 +81,13 @@ pub struct Selected {
 }
 
 /// First layer index that is pruned: `floor(n_layer · (1 − fraction))`.
+///
+/// A small epsilon absorbs float error so that e.g. 30 layers with fraction 0.9 keep
+/// 3 layers (`1.0 − 0.9` is `0.0999…` in f64, which would otherwise floor to 2).
 pub fn first_pruned_layer(n_layer: usize, fraction: f64) -> usize {
-    ((n_layer as f64) * (1.0 - fraction)).floor().max(0.0) as usize
+    ((n_layer as f64) * (1.0 - fraction) + 1e-9)
+        .floor()
+        .clamp(0.0, n_layer as f64) as usize
 }
 
 fn rejection(
@@ -141,7 +154,11 @@ pub fn select(cands: &[CandidateScore], n_layer: usize, cfg: &SelectionConfig) -
 /// exceeds `threshold`, else the one with the highest induce score. `scores` are
 /// `(coef, induce score)` pairs; NaN scores are ignored. `None` if all are NaN.
 pub fn pick_coefficient(scores: &[(f64, f64)], threshold: f64) -> Option<(f64, f64)> {
-    let mut valid: Vec<(f64, f64)> = scores.iter().copied().filter(|(_, s)| !s.is_nan()).collect();
+    let mut valid: Vec<(f64, f64)> = scores
+        .iter()
+        .copied()
+        .filter(|(_, s)| !s.is_nan())
+        .collect();
     valid.sort_by(|a, b| a.0.total_cmp(&b.0));
     valid
         .iter()
@@ -170,7 +187,7 @@ mod tests {
         let cands = [
             c(2, -1.0, 0.5, 0.05),
             c(4, -3.0, 0.5, 0.05),
-            c(5, -9.0, 0.5, 0.50), // KL too high
+            c(5, -9.0, 0.5, 0.50),  // KL too high
             c(6, -8.0, -0.1, 0.05), // induce too low
             c(7, f64::NAN, 0.5, 0.0),
             c(8, -20.0, 1.0, 0.0), // late layer
@@ -215,6 +232,8 @@ mod tests {
         assert_eq!(first_pruned_layer(24, 0.2), 19);
         assert_eq!(first_pruned_layer(30, 0.2), 24);
         assert_eq!(first_pruned_layer(10, 0.0), 10);
+        assert_eq!(first_pruned_layer(30, 0.9), 3);
+        assert_eq!(first_pruned_layer(24, 1.0), 0);
     }
 
     #[test]

@@ -190,7 +190,7 @@ impl GgufFile {
         for (name, t) in &content.tensor_infos {
             let elems = t.shape.elem_count() as u64;
             let block = t.ggml_dtype.block_size() as u64;
-            if elems % block != 0 {
+            if !elems.is_multiple_of(block) {
                 return Err(corrupt(format!(
                     "tensor '{name}' has {elems} elements, not a multiple of the {} block size {block}",
                     dtype_name(t.ggml_dtype)

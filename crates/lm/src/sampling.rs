@@ -38,8 +38,9 @@ impl SamplingParams {
     }
 
     /// Whether this is greedy decoding.
+    /// A NaN or non-positive temperature means greedy.
     pub fn is_greedy(&self) -> bool {
-        !(self.temperature > 0.0)
+        self.temperature.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
     }
 }
 

@@ -345,6 +345,7 @@ fn strftime(fmt: &str, unix_secs: u64) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -16,6 +16,8 @@
 //! Chat-template fixtures (`fixtures/chat-template-*.json`, made by
 //! `scripts/reference/template_fixture.py`): HF `apply_chat_template` renderings.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 use overseer_lm::candle_core::quantized::gguf_file;

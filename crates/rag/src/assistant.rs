@@ -81,7 +81,9 @@ pub enum AskEvent {
     /// The follow-up was rewritten into this standalone question.
     Rewritten(String),
     /// The numbered sources given to the model.
-    Retrieved { hits: Vec<Source> },
+    Retrieved {
+        hits: Vec<Source>,
+    },
     /// A piece of the answer as generated (citations not yet cleaned).
     Token(String),
     /// The sources the final answer cites.
@@ -193,7 +195,12 @@ impl Assistant {
         embedder: Option<Arc<dyn Embedder>>,
         config: AssistantConfig,
     ) -> Self {
-        Self { retriever, backend, embedder, config }
+        Self {
+            retriever,
+            backend,
+            embedder,
+            config,
+        }
     }
 
     pub fn config(&self) -> &AssistantConfig {
@@ -214,7 +221,10 @@ impl Assistant {
         }
         let chars = question.chars().count();
         if chars > MAX_QUESTION_CHARS {
-            return Err(Error::QuestionTooLong { chars, max: MAX_QUESTION_CHARS });
+            return Err(Error::QuestionTooLong {
+                chars,
+                max: MAX_QUESTION_CHARS,
+            });
         }
         let k = if req.k == 0 { 5 } else { req.k.min(20) };
         if self.retriever.document_count()? == 0 {
@@ -228,7 +238,10 @@ impl Assistant {
             .take(self.config.history_turns)
             .rev()
             .map(|(q, a)| {
-                (truncate_bytes(q, 600).to_string(), truncate_bytes(a, 800).to_string())
+                (
+                    truncate_bytes(q, 600).to_string(),
+                    truncate_bytes(a, 800).to_string(),
+                )
             })
             .collect();
 
@@ -236,12 +249,15 @@ impl Assistant {
         let mut standalone = question.to_string();
         if !history.is_empty() {
             let t = Instant::now();
-            let params = GenParams { max_tokens: 64, ..self.params(64) };
-            let reply =
-                self.backend
-                    .chat(&prompt::rewrite_messages(question, &history), &params, &mut |_| {
-                        ControlFlow::Continue(())
-                    })?;
+            let params = GenParams {
+                max_tokens: 64,
+                ..self.params(64)
+            };
+            let reply = self.backend.chat(
+                &prompt::rewrite_messages(question, &history),
+                &params,
+                &mut |_| ControlFlow::Continue(()),
+            )?;
             standalone = match prompt::parse_rewrite(&reply.text) {
                 Some(q) => q,
                 // The model's rewrite was unusable: retrieve with the previous
@@ -262,8 +278,13 @@ impl Assistant {
         timings.retrieval_ms = ms(t.elapsed());
 
         // 3. Context within the budget.
-        let max_tokens = self.config.max_answer_tokens.unwrap_or(req.mode.max_tokens());
-        let overhead = self.backend.count_tokens(&prompt::overhead_text(question, req.mode, &history));
+        let max_tokens = self
+            .config
+            .max_answer_tokens
+            .unwrap_or(req.mode.max_tokens());
+        let overhead = self
+            .backend
+            .count_tokens(&prompt::overhead_text(question, req.mode, &history));
         let window = self.backend.context_window();
         let needed = overhead + max_tokens + 16;
         if needed >= window {
@@ -272,14 +293,19 @@ impl Assistant {
         let budget = (window - needed).min(self.config.max_context_tokens);
         let backend = &self.backend;
         let sources = context::assemble(&hits, budget, k, &|s| backend.count_tokens(s));
-        events(AskEvent::Retrieved { hits: sources.clone() });
+        events(AskEvent::Retrieved {
+            hits: sources.clone(),
+        });
 
         // 4. Relevance gate.
         let t = Instant::now();
         let (relevance, is_cosine) = self.relevance(&standalone, &sources)?;
         timings.relevance_ms = ms(t.elapsed());
-        let threshold =
-            if is_cosine { self.config.min_relevance } else { self.config.min_lexical_relevance };
+        let threshold = if is_cosine {
+            self.config.min_relevance
+        } else {
+            self.config.min_lexical_relevance
+        };
         let mut answer = Answer {
             answer: String::new(),
             abstained: false,
@@ -314,10 +340,12 @@ impl Assistant {
         // 5. Generation, streamed.
         let messages = prompt::answer_messages(question, &sources, req.mode, &history);
         let gen_start = Instant::now();
-        let completion = self.backend.chat(&messages, &self.params(max_tokens), &mut |piece| {
-            events(AskEvent::Token(piece.to_string()));
-            ControlFlow::Continue(())
-        })?;
+        let completion = self
+            .backend
+            .chat(&messages, &self.params(max_tokens), &mut |piece| {
+                events(AskEvent::Token(piece.to_string()));
+                ControlFlow::Continue(())
+            })?;
         let first = completion.first_token.unwrap_or(completion.total);
         timings.prompt_ms = ms(first);
         timings.generation_ms = ms(completion.total.saturating_sub(first));
@@ -494,11 +522,20 @@ mod tests {
             if let Ok(mut s) = self.seen.lock() {
                 s.push(messages.to_vec());
             }
-            let text = self.replies.lock().ok().and_then(|mut r| r.pop()).unwrap_or_default();
+            let text = self
+                .replies
+                .lock()
+                .ok()
+                .and_then(|mut r| r.pop())
+                .unwrap_or_default();
             for w in text.split_inclusive(' ') {
                 let _ = on_text(w);
             }
-            Ok(Completion { text, completion_tokens: 1, ..Completion::default() })
+            Ok(Completion {
+                text,
+                completion_tokens: 1,
+                ..Completion::default()
+            })
         }
     }
 
@@ -524,12 +561,20 @@ mod tests {
             Arc::new(MemRetriever(docs)),
             backend,
             Some(Arc::new(BowEmbedder)),
-            AssistantConfig { min_relevance: 0.2, ..AssistantConfig::default() },
+            AssistantConfig {
+                min_relevance: 0.2,
+                ..AssistantConfig::default()
+            },
         )
     }
 
     fn req(q: &str) -> AskRequest {
-        AskRequest { question: q.into(), k: 5, followups: true, ..AskRequest::default() }
+        AskRequest {
+            question: q.into(),
+            k: 5,
+            followups: true,
+            ..AskRequest::default()
+        }
     }
 
     #[test]
@@ -558,7 +603,10 @@ mod tests {
             })
             .expect("answer");
         order.dedup();
-        assert_eq!(order, vec!["retrieved", "token", "citations", "followups", "done"]);
+        assert_eq!(
+            order,
+            vec!["retrieved", "token", "citations", "followups", "done"]
+        );
         assert!(tokens.contains("[1, 7]"), "streamed raw text");
         assert!(!ans.abstained);
         assert_eq!(ans.invalid_citations, vec![7]);
@@ -570,18 +618,29 @@ mod tests {
                 assert!(listed.contains(&n));
             }
         }
-        let gh = ans.citations.iter().find(|c| c.id == "gh").expect("gh cited");
+        let gh = ans
+            .citations
+            .iter()
+            .find(|c| c.id == "gh")
+            .expect("gh cited");
         assert!(gh.supported);
         assert_eq!(ans.sentences.len(), 2);
         assert!(ans.sentences[0].supported && !ans.sentences[1].supported);
         assert_eq!(ans.followups.len(), 2);
         // The prompt numbered the best source first.
         let prompt = &b.calls()[0];
-        assert!(prompt.last().is_some_and(|m| m.content.contains("[1] Gradient hacking")));
+        assert!(
+            prompt
+                .last()
+                .is_some_and(|m| m.content.contains("[1] Gradient hacking"))
+        );
         let json = serde_json::to_value(&ans).expect("serialises");
         let mut keys: Vec<&String> = json.as_object().expect("object").keys().collect();
         keys.sort();
-        assert_eq!(keys, vec!["abstained", "answer", "citations", "followups", "timings"]);
+        assert_eq!(
+            keys,
+            vec!["abstained", "answer", "citations", "followups", "timings"]
+        );
     }
 
     #[test]
@@ -589,7 +648,10 @@ mod tests {
         let b = Scripted::new(&["should not be used"]);
         let a = assistant(b.clone(), corpus());
         let ans = a
-            .ask(&req("What is the boiling point of gallium in Kelvin?"), &mut |_| {})
+            .ask(
+                &req("What is the boiling point of gallium in Kelvin?"),
+                &mut |_| {},
+            )
             .expect("answer");
         assert!(ans.abstained);
         assert_eq!(ans.answer, ABSTAIN_ANSWER);
@@ -606,13 +668,19 @@ mod tests {
 
     #[test]
     fn follow_ups_are_rewritten_before_retrieval() {
-        let b = Scripted::new(&["How does RLHF train a reward model?", "It uses comparisons [1]."]);
+        let b = Scripted::new(&[
+            "How does RLHF train a reward model?",
+            "It uses comparisons [1].",
+        ]);
         let a = assistant(b.clone(), corpus());
         let mut r = req("How does it train the reward model?");
         r.followups = false;
         r.history = vec![("What is RLHF?".into(), "RLHF is ... [1]".into())];
         let ans = a.ask(&r, &mut |_| {}).expect("answer");
-        assert_eq!(ans.standalone_question, "How does RLHF train a reward model?");
+        assert_eq!(
+            ans.standalone_question,
+            "How does RLHF train a reward model?"
+        );
         assert_eq!(ans.sources[0].id, "rlhf");
         let calls = b.calls();
         assert_eq!(calls.len(), 2);
@@ -625,11 +693,20 @@ mod tests {
         let b = Scripted::new(&[]);
         let a = assistant(b.clone(), corpus());
         let long = "why ".repeat(MAX_QUESTION_CHARS);
-        assert!(matches!(a.ask(&req(&long), &mut |_| {}), Err(Error::QuestionTooLong { .. })));
-        assert!(matches!(a.ask(&req("  "), &mut |_| {}), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            a.ask(&req(&long), &mut |_| {}),
+            Err(Error::QuestionTooLong { .. })
+        ));
+        assert!(matches!(
+            a.ask(&req("  "), &mut |_| {}),
+            Err(Error::InvalidArgument(_))
+        ));
         let empty = assistant(b, Vec::new());
         let e = empty.ask(&req("What is RLHF?"), &mut |_| {});
         assert!(matches!(e, Err(Error::EmptyIndex)));
-        assert!(e.err().is_some_and(|e| e.to_string().contains("overseer ingest")));
+        assert!(
+            e.err()
+                .is_some_and(|e| e.to_string().contains("overseer ingest"))
+        );
     }
 }

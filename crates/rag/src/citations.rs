@@ -26,7 +26,7 @@ pub fn parse(text: &str) -> Vec<CitationMark> {
     let mut search = 0;
     while let Some(rel) = text[search..].find('[') {
         let start = search + rel;
-        let Some(close_rel) = text[start + 1..].find(|c| c == ']' || c == '[') else {
+        let Some(close_rel) = text[start + 1..].find([']', '[']) else {
             break;
         };
         let close = start + 1 + close_rel;
@@ -137,7 +137,11 @@ pub fn clean(text: &str, n_sources: usize) -> Cleaned {
     }
     out.push_str(&text[last..]);
     Cleaned {
-        text: if marks.is_empty() { out } else { out.trim().to_string() },
+        text: if marks.is_empty() {
+            out
+        } else {
+            out.trim().to_string()
+        },
         invalid,
         cited,
         total_marks,
@@ -202,7 +206,11 @@ mod tests {
     fn every_remaining_mark_is_valid() {
         let c = clean("[4] x [1-5] y [2; 3] z [6]", 3);
         for m in parse(&c.text) {
-            assert!(m.numbers.iter().all(|&n| (1..=3).contains(&n)), "{}", c.text);
+            assert!(
+                m.numbers.iter().all(|&n| (1..=3).contains(&n)),
+                "{}",
+                c.text
+            );
         }
         assert_eq!(c.text, "x [1, 2, 3] y [2, 3] z");
     }

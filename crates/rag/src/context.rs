@@ -64,10 +64,10 @@ pub(crate) fn assemble(
             continue;
         }
         let room = budget.saturating_sub(used);
-        if room >= MIN_PARTIAL_TOKENS {
-            if let Some(cut) = truncate_to_fit(n, hit, room, count) {
-                out.push(cut);
-            }
+        if room >= MIN_PARTIAL_TOKENS
+            && let Some(cut) = truncate_to_fit(n, hit, room, count)
+        {
+            out.push(cut);
         }
         break;
     }
@@ -153,16 +153,27 @@ pub(crate) mod tests {
     #[test]
     fn stays_within_budget_and_truncates_last_source() {
         let long = "word ".repeat(200);
-        let hits = vec![src("a", "A", &"x ".repeat(30)), src("b", "B", &long), src("c", "C", "c")];
+        let hits = vec![
+            src("a", "A", &"x ".repeat(30)),
+            src("b", "B", &long),
+            src("c", "C", "c"),
+        ];
         let budget = 150;
         let got = assemble(&hits, budget, 10, &words);
-        let total: usize = got.iter().enumerate().map(|(i, s)| words(&block(i + 1, s))).sum();
+        let total: usize = got
+            .iter()
+            .enumerate()
+            .map(|(i, s)| words(&block(i + 1, s)))
+            .sum();
         assert!(total <= budget, "{total} > {budget}");
         assert_eq!(got.len(), 2, "the truncated source ends the list");
         let cut = &got[1];
         assert!(cut.passage.ends_with('…'));
         assert!(cut.passage_end < hits[1].passage_end);
-        assert_eq!(cut.passage_end - cut.passage_start, cut.passage.chars().count() - 1);
+        assert_eq!(
+            cut.passage_end - cut.passage_start,
+            cut.passage.chars().count() - 1
+        );
         // Too small for anything: nothing rather than a sliver.
         assert!(assemble(&hits, 10, 10, &words).is_empty());
     }

@@ -26,7 +26,11 @@ pub enum Error {
     Timeout { url: String, reason: String },
     /// The remote server answered with an HTTP error status.
     #[error("the LLM server at {url} returned HTTP {status}: {body}")]
-    Status { url: String, status: u16, body: String },
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
     /// The remote server answered with something that is not a chat completion.
     #[error("the LLM server at {url} sent an unreadable response: {reason}")]
     BadResponse { url: String, reason: String },

@@ -10,10 +10,10 @@
 use overseer_index::Embedder;
 use serde::Serialize;
 
+use crate::Result;
 use crate::citations;
 use crate::retrieve::Source;
 use crate::text::{content_words, lexical_overlap, sentences};
-use crate::Result;
 
 /// Thresholds for calling a sentence supported.
 #[derive(Debug, Clone, Copy)]
@@ -28,7 +28,10 @@ pub struct GroundingConfig {
 
 impl Default for GroundingConfig {
     fn default() -> Self {
-        Self { min_similarity: 0.6, min_overlap: 0.5 }
+        Self {
+            min_similarity: 0.6,
+            min_overlap: 0.5,
+        }
     }
 }
 
@@ -110,15 +113,20 @@ pub fn check(
         .iter()
         .map(|&n| {
             let p = &sources[n as usize - 1].passage;
-            let mut units: Vec<String> =
-                sentences(p).iter().map(|s| s.text.to_string()).filter(|t| t.len() > 15).collect();
+            let mut units: Vec<String> = sentences(p)
+                .iter()
+                .map(|s| s.text.to_string())
+                .filter(|t| t.len() > 15)
+                .collect();
             if units.is_empty() {
                 units.push(p.clone());
             }
             (n, units)
         })
         .collect();
-    let sims: Option<(Vec<Vec<f32>>, Vec<(u32, Vec<Vec<f32>>)>)> = match embedder {
+    // (claim vectors, per cited source: its sentence vectors)
+    type Vectors = (Vec<Vec<f32>>, Vec<(u32, Vec<Vec<f32>>)>);
+    let sims: Option<Vectors> = match embedder {
         None => None,
         Some(e) => {
             let mut texts: Vec<&str> = pending.iter().map(|p| p.claim.as_str()).collect();
@@ -143,8 +151,15 @@ pub fn check(
             let evidence = content_words(&sources[n as usize - 1].passage);
             let overlap = lexical_overlap(&claim_words, &evidence);
             let sim = sims.as_ref().map(|(claims, per)| {
-                let units = &per.iter().find(|(m, _)| *m == n).expect("every cited n embedded").1;
-                units.iter().map(|u| dot(&claims[i], u)).fold(f32::MIN, f32::max)
+                let units = &per
+                    .iter()
+                    .find(|(m, _)| *m == n)
+                    .expect("every cited n embedded")
+                    .1;
+                units
+                    .iter()
+                    .map(|u| dot(&claims[i], u))
+                    .fold(f32::MIN, f32::max)
             });
             let ok = overlap >= cfg.min_overlap || sim.is_some_and(|s| s >= cfg.min_similarity);
             scores.push((n, sim, overlap, ok));
@@ -208,7 +223,11 @@ pub(crate) mod tests {
                 "Gradient hacking is when a deceptive model deliberately shapes its own training \
                  gradients. It could protect mesa-objectives from being changed by SGD.",
             ),
-            src("b", "Compute trends", "Training compute for the largest models doubled every few months."),
+            src(
+                "b",
+                "Compute trends",
+                "Training compute for the largest models doubled every few months.",
+            ),
         ]
     }
 
@@ -217,8 +236,7 @@ pub(crate) mod tests {
         let answer = "Gradient hacking is when a deceptive model shapes its training gradients [1]. \
                       Bananas are yellow fruit grown in tropical regions [2]. No citation here.";
         for emb in [None, Some(&BowEmbedder as &dyn Embedder)] {
-            let r = check(answer, &sources(), emb, &GroundingConfig::default())
-                .unwrap_or_default();
+            let r = check(answer, &sources(), emb, &GroundingConfig::default()).unwrap_or_default();
             assert_eq!(r.len(), 2, "uncited sentences are not checked");
             assert!(r[0].supported, "{:?}", r[0]);
             assert_eq!(r[0].cites, vec![1]);

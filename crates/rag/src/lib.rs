@@ -18,11 +18,11 @@ mod text;
 mod wiring;
 
 pub use assistant::{
-    Answer, AskEvent, AskRequest, Assistant, AssistantConfig, Citation, MAX_QUESTION_CHARS,
-    Timings,
+    Answer, AskEvent, AskRequest, Assistant, AssistantConfig, Citation, MAX_QUESTION_CHARS, Timings,
 };
 pub use backend::{
-    Backend, ChatMessage, ChatRole, Completion, GenParams, LocalBackend, OpenAiBackend, OpenAiConfig,
+    Backend, ChatMessage, ChatRole, Completion, GenParams, LocalBackend, OpenAiBackend,
+    OpenAiConfig,
 };
 pub use citations::{CitationMark, Cleaned, clean as clean_citations, parse as parse_citations};
 pub use error::{Error, Result};

@@ -112,7 +112,10 @@ pub(crate) fn overhead_text(question: &str, mode: Mode, history: &[(String, Stri
 pub(crate) fn rewrite_messages(question: &str, history: &[(String, String)]) -> Vec<ChatMessage> {
     let mut convo = String::new();
     for (q, a) in history {
-        convo.push_str(&format!("User: {q}\nAssistant: {}\n", crate::text::truncate_bytes(a, 600)));
+        convo.push_str(&format!(
+            "User: {q}\nAssistant: {}\n",
+            crate::text::truncate_bytes(a, 600)
+        ));
     }
     vec![
         ChatMessage::system(
@@ -140,8 +143,16 @@ pub(crate) fn parse_rewrite(reply: &str) -> Option<String> {
 }
 
 /// Messages asking for follow-up questions about an answer.
-pub(crate) fn followup_messages(question: &str, answer: &str, sources: &[Source]) -> Vec<ChatMessage> {
-    let titles: Vec<String> = sources.iter().take(5).map(|s| format!("- {}", s.title)).collect();
+pub(crate) fn followup_messages(
+    question: &str,
+    answer: &str,
+    sources: &[Source],
+) -> Vec<ChatMessage> {
+    let titles: Vec<String> = sources
+        .iter()
+        .take(5)
+        .map(|s| format!("- {}", s.title))
+        .collect();
     vec![
         ChatMessage::system(
             "Suggest three short follow-up questions a curious reader might ask next. \
@@ -164,7 +175,11 @@ pub(crate) fn parse_followups(reply: &str, question: &str) -> Vec<String> {
             .trim()
             .trim_start_matches(|c: char| c.is_ascii_digit() || "-*•.) ".contains(c))
             .trim();
-        if !l.ends_with('?') || l.len() < 10 || l.len() > 200 || crate::citations::parse(l).len() > 0 {
+        if !l.ends_with('?')
+            || l.len() < 10
+            || l.len() > 200
+            || !crate::citations::parse(l).is_empty()
+        {
             continue;
         }
         let key = l.to_lowercase();
@@ -210,12 +225,18 @@ mod tests {
 
     #[test]
     fn answer_prompt_numbers_sources_and_includes_history() {
-        let s = vec![src("a", "Alpha", "alpha text"), src("b", "Beta", "beta text")];
+        let s = vec![
+            src("a", "Alpha", "alpha text"),
+            src("b", "Beta", "beta text"),
+        ];
         let h = vec![("What is X?".to_string(), "X is Y [1].".to_string())];
         let m = answer_messages("And Z?", &s, Mode::Rookie, &h);
         assert_eq!(m.len(), 4);
         let last = &m[3].content;
-        assert!(last.contains("[1] Alpha") && last.contains("[2] Beta"), "{last}");
+        assert!(
+            last.contains("[1] Alpha") && last.contains("[2] Beta"),
+            "{last}"
+        );
         assert!(last.find("[2] Beta") < last.find("Question: And Z?"));
         assert!(m[0].content.contains("jargon"));
     }
@@ -227,7 +248,11 @@ mod tests {
                      4. What is a mesa-optimizer?\n5. Extra question here?";
         assert_eq!(
             parse_followups(reply, "how does rlhf work?"),
-            vec!["What is inner alignment?", "What is a mesa-optimizer?", "Extra question here?"]
+            vec![
+                "What is inner alignment?",
+                "What is a mesa-optimizer?",
+                "Extra question here?"
+            ]
         );
     }
 

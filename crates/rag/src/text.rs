@@ -42,16 +42,19 @@ pub(crate) fn sentences(text: &str) -> Vec<Sentence<'_>> {
                 while k < bytes.len() && bytes[k] == b' ' {
                     k += 1;
                 }
-                if k < bytes.len() && bytes[k] == b'[' {
-                    if let Some(close) = text[k..].find(']') {
-                        let inner = &text[k + 1..k + close];
-                        if !inner.is_empty()
-                            && inner.chars().all(|c| c.is_ascii_digit() || ", -–".contains(c))
-                        {
-                            j = k + close + 1;
-                            end = j;
-                            continue;
-                        }
+                if k < bytes.len()
+                    && bytes[k] == b'['
+                    && let Some(close) = text[k..].find(']')
+                {
+                    let inner = &text[k + 1..k + close];
+                    if !inner.is_empty()
+                        && inner
+                            .chars()
+                            .all(|c| c.is_ascii_digit() || ", -–".contains(c))
+                    {
+                        j = k + close + 1;
+                        end = j;
+                        continue;
                     }
                 }
                 break;
@@ -83,16 +86,123 @@ fn push<'a>(text: &'a str, start: usize, end: usize, out: &mut Vec<Sentence<'a>>
 }
 
 const STOPWORDS: &[&str] = &[
-    "the", "and", "for", "are", "but", "not", "you", "all", "any", "can", "had", "her", "was",
-    "one", "our", "out", "has", "have", "him", "his", "how", "its", "may", "who", "did", "get",
-    "this", "that", "with", "from", "they", "them", "then", "than", "there", "their", "these",
-    "those", "what", "when", "where", "which", "while", "will", "would", "could", "should",
-    "been", "being", "into", "onto", "about", "also", "such", "some", "more", "most", "other",
-    "only", "very", "just", "does", "doing", "each", "because", "between", "both", "same",
-    "over", "under", "again", "further", "once", "here", "why", "own", "too", "can't", "it's",
-    "is", "it", "of", "to", "in", "on", "as", "at", "be", "by", "or", "an", "a", "if", "so",
-    "we", "do", "no", "up", "i", "my", "me", "he", "she", "source", "sources", "according",
-    "like", "use", "used", "using", "way", "make", "makes", "made", "well", "much", "many",
+    "the",
+    "and",
+    "for",
+    "are",
+    "but",
+    "not",
+    "you",
+    "all",
+    "any",
+    "can",
+    "had",
+    "her",
+    "was",
+    "one",
+    "our",
+    "out",
+    "has",
+    "have",
+    "him",
+    "his",
+    "how",
+    "its",
+    "may",
+    "who",
+    "did",
+    "get",
+    "this",
+    "that",
+    "with",
+    "from",
+    "they",
+    "them",
+    "then",
+    "than",
+    "there",
+    "their",
+    "these",
+    "those",
+    "what",
+    "when",
+    "where",
+    "which",
+    "while",
+    "will",
+    "would",
+    "could",
+    "should",
+    "been",
+    "being",
+    "into",
+    "onto",
+    "about",
+    "also",
+    "such",
+    "some",
+    "more",
+    "most",
+    "other",
+    "only",
+    "very",
+    "just",
+    "does",
+    "doing",
+    "each",
+    "because",
+    "between",
+    "both",
+    "same",
+    "over",
+    "under",
+    "again",
+    "further",
+    "once",
+    "here",
+    "why",
+    "own",
+    "too",
+    "can't",
+    "it's",
+    "is",
+    "it",
+    "of",
+    "to",
+    "in",
+    "on",
+    "as",
+    "at",
+    "be",
+    "by",
+    "or",
+    "an",
+    "a",
+    "if",
+    "so",
+    "we",
+    "do",
+    "no",
+    "up",
+    "i",
+    "my",
+    "me",
+    "he",
+    "she",
+    "source",
+    "sources",
+    "according",
+    "like",
+    "use",
+    "used",
+    "using",
+    "way",
+    "make",
+    "makes",
+    "made",
+    "well",
+    "much",
+    "many",
 ];
 
 /// Lower-cased content words of `text` (alphanumeric runs of 3+ chars, stopwords and

@@ -57,7 +57,8 @@ pub fn open_index(
     embedder_dir: &Path,
     threads: usize,
 ) -> Result<(Arc<dyn Retriever>, Arc<dyn Embedder>)> {
-    let embedder: Arc<dyn Embedder> = Arc::new(overseer_index::MiniLm::load(embedder_dir, threads)?);
+    let embedder: Arc<dyn Embedder> =
+        Arc::new(overseer_index::MiniLm::load(embedder_dir, threads)?);
     let index = Index::open(data_dir, embedder.clone())?;
     Ok((Arc::new(IndexRetriever::new(index)), embedder))
 }

@@ -46,27 +46,51 @@ fn start_llama_server() -> LlamaServer {
         python.display()
     );
     let model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(model.exists(), "{} missing: run scripts/fetch-models", model.display());
+    assert!(
+        model.exists(),
+        "{} missing: run scripts/fetch-models",
+        model.display()
+    );
     let port = free_port();
     // The server logs a lot on stderr; a pipe nobody reads would block it.
-    let log_path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("llama-server-{port}.log"));
+    let log_path =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("llama-server-{port}.log"));
     let log = std::fs::File::create(&log_path).expect("create server log");
     let child = Command::new(&python)
         .args(["-m", "llama_cpp.server", "--model"])
         .arg(&model)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--n_threads", "2"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--n_threads",
+            "2",
+        ])
         .args(["--n_ctx", "2048"])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .expect("spawn llama_cpp.server");
-    let mut server = LlamaServer { child, url: format!("http://127.0.0.1:{port}") };
+    let mut server = LlamaServer {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
     let start = Instant::now();
     loop {
         if let Ok(Some(status)) = server.child.try_wait() {
             let err = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let err: String = err.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
-            panic!("llama_cpp.server exited ({status}); is llama-cpp-python[server] installed (scripts/setup-python server)?\n{err}");
+            let err: String = err
+                .chars()
+                .rev()
+                .take(2000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            panic!(
+                "llama_cpp.server exited ({status}); is llama-cpp-python[server] installed (scripts/setup-python server)?\n{err}"
+            );
         }
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
             let _ = s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
@@ -76,7 +100,10 @@ fn start_llama_server() -> LlamaServer {
                 return server;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(90), "llama_cpp.server did not start in 90 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "llama_cpp.server did not start in 90 s"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -104,7 +131,10 @@ fn streams_from_a_real_llama_cpp_server() {
     let mut cfg = OpenAiConfig::new(format!("{}/v1", server.url));
     cfg.api_key = Some("test-key".into()); // llama.cpp ignores it without --api_key
     let b = OpenAiBackend::new(cfg).expect("valid url");
-    let params = GenParams { max_tokens: 24, ..GenParams::default() };
+    let params = GenParams {
+        max_tokens: 24,
+        ..GenParams::default()
+    };
     let mut pieces = Vec::new();
     let c = b
         .chat(&msgs(), &params, &mut |p| {
@@ -118,14 +148,20 @@ fn streams_from_a_real_llama_cpp_server() {
     assert!(c.completion_tokens <= 24 + 1);
     assert!(c.first_token.is_some_and(|f| f <= c.total));
     // A second request on the same agent (pooled connection) works too.
-    let again = b.chat(&msgs(), &params, &mut |_| ControlFlow::Continue(())).expect("again");
+    let again = b
+        .chat(&msgs(), &params, &mut |_| ControlFlow::Continue(()))
+        .expect("again");
     assert!(!again.text.trim().is_empty());
     // The callback can stop generation early.
     let mut n = 0;
     let stopped = b
         .chat(&msgs(), &params, &mut |_| {
             n += 1;
-            if n == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            if n == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
         })
         .expect("stopped");
     assert!(stopped.cancelled);
@@ -137,18 +173,25 @@ fn server_down_is_a_connect_error_after_retries() {
     let port = free_port(); // nothing listens here
     let start = Instant::now();
     let e = backend(&format!("http://127.0.0.1:{port}"))
-        .chat(&msgs(), &GenParams::default(), &mut |_| ControlFlow::Continue(()))
+        .chat(&msgs(), &GenParams::default(), &mut |_| {
+            ControlFlow::Continue(())
+        })
         .expect_err("nobody listens");
     assert!(matches!(e, Error::Connect { .. }), "{e}");
     assert!(e.to_string().contains("cannot reach the LLM server"), "{e}");
     // Two retries with 50 ms and 100 ms backoff, no hang.
     let took = start.elapsed();
-    assert!(took >= Duration::from_millis(150) && took < Duration::from_secs(10), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(150) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
 }
 
 /// A one-thread HTTP server answering each connection with `respond(i)`, where `i`
 /// counts connections; `None` means accept and never answer.
-fn fake_server(respond: impl Fn(usize) -> Option<Vec<u8>> + Send + 'static) -> (String, Arc<AtomicUsize>) {
+fn fake_server(
+    respond: impl Fn(usize) -> Option<Vec<u8>> + Send + 'static,
+) -> (String, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let url = format!("http://{}", l.local_addr().expect("addr"));
     let count = Arc::new(AtomicUsize::new(0));
@@ -196,10 +239,16 @@ fn stalled_server_times_out() {
     let (url, _) = fake_server(|_| None);
     let start = Instant::now();
     let e = backend(&url)
-        .chat(&msgs(), &GenParams::default(), &mut |_| ControlFlow::Continue(()))
+        .chat(&msgs(), &GenParams::default(), &mut |_| {
+            ControlFlow::Continue(())
+        })
         .expect_err("stalls");
     assert!(matches!(e, Error::Timeout { .. }), "{e}");
-    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -213,7 +262,9 @@ fn garbage_is_a_bad_response() {
     ] {
         let (url, _) = fake_server(move |_| Some(body.clone()));
         let e = backend(&url)
-            .chat(&msgs(), &GenParams::default(), &mut |_| ControlFlow::Continue(()))
+            .chat(&msgs(), &GenParams::default(), &mut |_| {
+                ControlFlow::Continue(())
+            })
             .expect_err("garbage");
         assert!(matches!(e, Error::BadResponse { .. }), "{e}");
     }
@@ -224,17 +275,31 @@ fn retries_5xx_then_succeeds_and_does_not_retry_4xx() {
     let ok = "data: {\"choices\":[{\"delta\":{\"content\":\"Paris\"},\"finish_reason\":null}]}\n\n\
               data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
     let (url, count) = fake_server(move |i| {
-        Some(if i < 2 { http("503 Service Unavailable", "text/plain", "busy") } else { http("200 OK", "text/event-stream", ok) })
+        Some(if i < 2 {
+            http("503 Service Unavailable", "text/plain", "busy")
+        } else {
+            http("200 OK", "text/event-stream", ok)
+        })
     });
     let c = backend(&url)
-        .chat(&msgs(), &GenParams::default(), &mut |_| ControlFlow::Continue(()))
+        .chat(&msgs(), &GenParams::default(), &mut |_| {
+            ControlFlow::Continue(())
+        })
         .expect("third attempt succeeds");
     assert_eq!(c.text, "Paris");
     assert_eq!(count.load(Ordering::SeqCst), 3);
 
-    let (url, count) = fake_server(|_| Some(http("401 Unauthorized", "application/json", "{\"error\":\"bad key\"}")));
+    let (url, count) = fake_server(|_| {
+        Some(http(
+            "401 Unauthorized",
+            "application/json",
+            "{\"error\":\"bad key\"}",
+        ))
+    });
     let e = backend(&url)
-        .chat(&msgs(), &GenParams::default(), &mut |_| ControlFlow::Continue(()))
+        .chat(&msgs(), &GenParams::default(), &mut |_| {
+            ControlFlow::Continue(())
+        })
         .expect_err("unauthorized");
     assert!(matches!(e, Error::Status { status: 401, .. }), "{e}");
     assert!(e.to_string().contains("bad key"));

@@ -216,7 +216,7 @@ function openSource(turn, n, chip) {
     const url = safeUrl(src.url);
     const passage = typeof src.passage === "string" ? src.passage : (src.passage && src.passage.text) || "";
     const quote = el("blockquote");
-    quote.innerHTML = highlightPassage(passage, chip ? citingSentence(chip) : "");
+    quote.innerHTML = highlightPassage(passage, chip ? citingSentence(chip) : (turn.question || ""));
     const meta = [authorsText(src.authors), dateText(src.date), src.source].filter(Boolean).join(" · ");
     card.append(el("div", { class: "source-card" },
       el("h2", {}, el("span", { class: "num", text: n }), url ? el("a", { href: url, target: "_blank", rel: "noopener noreferrer", text: src.title || url }) : (src.title || "Untitled")),
@@ -310,7 +310,7 @@ async function ask(question) {
   const history = conversation.slice(-6).map((t) => ({ role: t.role, content: t.content }));
   conversation.push({ role: "user", content: question });
   addUserMessage(question);
-  const turn = { role: "assistant", content: "", sources: [], citations: null, followups: [] };
+  const turn = { role: "assistant", content: "", sources: [], citations: null, followups: [], question };
   const node = addAssistantMessage(turn);
   const phase = node.querySelector(".phase");
   scrollDown();
@@ -353,7 +353,10 @@ async function ask(question) {
           if (Array.isArray(data.citations)) turn.citations = data.citations;
           if (Array.isArray(data.followups)) turn.followups = data.followups;
           if (data.abstained) phase.textContent = "The indexed sources do not answer this.";
-          else phase.textContent = `${(turn.citations || []).length} sources cited`;
+          else {
+            const n = (turn.citations || []).length;
+            phase.textContent = n === 0 ? "No sources cited" : n === 1 ? "1 source cited" : `${n} sources cited`;
+          }
           finished = true;
           break;
         case "error":
@@ -526,7 +529,7 @@ async function loadLab(selected) {
   const id = selected || runs[0].id;
   listBox.replaceChildren(el("h1", { text: "Refusal-direction runs" }), el("div", { class: "runs" }, ...runs.map((run) => {
     const sel = run.selected || {};
-    return el("a", { class: `run-card${run.id === id ? " active" : ""}`, href: `#/lab/${encodeURIComponent(run.id)}`, style: "text-decoration:none;color:inherit" },
+    return el("a", { class: `run-card${run.id === id ? " active" : ""}`, href: `#/lab/${encodeURIComponent(run.id)}`},
       el("h3", { text: run.id }),
       el("div", { class: "muted", text: `${run.model || "unknown model"}` }),
       el("div", { class: "muted", text: `layer ${sel.layer ?? "–"} · position ${sel.position ?? "–"}` }),

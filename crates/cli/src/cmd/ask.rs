@@ -47,6 +47,12 @@ pub struct LlmArgs {
     /// [default: the calibrated value, see docs/BENCHMARKS.md].
     #[arg(long)]
     pub min_relevance: Option<f32>,
+    /// Most tokens of sources put in the prompt (bounds prompt processing time).
+    #[arg(long, default_value_t = AssistantConfig::default().max_context_tokens)]
+    pub max_context_tokens: usize,
+    /// Most tokens in an answer [default: by mode: 320, concise 96].
+    #[arg(long)]
+    pub max_answer_tokens: Option<usize>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -89,7 +95,9 @@ pub fn build_assistant(g: &Global, llm: &LlmArgs) -> Result<Assistant> {
         Some(url) => {
             let mut cfg = OpenAiConfig::new(url.clone());
             cfg.model = llm.llm_model.clone();
-            cfg.api_key = std::env::var(&llm.llm_api_key_env).ok().filter(|k| !k.is_empty());
+            cfg.api_key = std::env::var(&llm.llm_api_key_env)
+                .ok()
+                .filter(|k| !k.is_empty());
             cfg.connect_timeout = secs(llm.llm_connect_timeout, "--llm-connect-timeout")?;
             cfg.read_timeout = secs(llm.llm_read_timeout, "--llm-read-timeout")?;
             cfg.retries = llm.llm_retries;
@@ -106,6 +114,8 @@ pub fn build_assistant(g: &Global, llm: &LlmArgs) -> Result<Assistant> {
     if let Some(r) = llm.min_relevance {
         config.min_relevance = r;
     }
+    config.max_context_tokens = llm.max_context_tokens;
+    config.max_answer_tokens = llm.max_answer_tokens;
     Ok(Assistant::new(retriever, backend, Some(embedder), config))
 }
 
@@ -184,14 +194,29 @@ fn ask_once(assistant: &Assistant, req: &AskRequest, json: bool) -> Result<Answe
 }
 
 fn print_sources(ans: &Answer, color: bool) {
-    let (b, d, r) = if color { ("\x1b[1m", "\x1b[2m", "\x1b[0m") } else { ("", "", "") };
+    let (b, d, r) = if color {
+        ("\x1b[1m", "\x1b[2m", "\x1b[0m")
+    } else {
+        ("", "", "")
+    };
     println!();
     if !ans.invalid_citations.is_empty() {
-        let list: Vec<String> = ans.invalid_citations.iter().map(|n| format!("[{n}]")).collect();
-        println!("{d}(removed citations to sources that do not exist: {}){r}", list.join(", "));
+        let list: Vec<String> = ans
+            .invalid_citations
+            .iter()
+            .map(|n| format!("[{n}]"))
+            .collect();
+        println!(
+            "{d}(removed citations to sources that do not exist: {}){r}",
+            list.join(", ")
+        );
     }
-    let weak: Vec<&str> =
-        ans.sentences.iter().filter(|s| !s.supported).map(|s| s.text.as_str()).collect();
+    let weak: Vec<&str> = ans
+        .sentences
+        .iter()
+        .filter(|s| !s.supported)
+        .map(|s| s.text.as_str())
+        .collect();
     if !weak.is_empty() {
         println!("\n{b}Weakly supported by the cited passages:{r}");
         for s in weak {
@@ -216,7 +241,11 @@ fn print_sources(ans: &Answer, color: bool) {
                 println!("    {d}{}{r}", c.url);
             }
             let excerpt: String = c.passage.chars().take(240).collect();
-            let more = if excerpt.len() < c.passage.len() { "…" } else { "" };
+            let more = if excerpt.len() < c.passage.len() {
+                "…"
+            } else {
+                ""
+            };
             println!(
                 "    {d}“{}{more}” (chars {}–{}){r}",
                 excerpt.replace('\n', " "),
@@ -251,7 +280,14 @@ struct MarkdownStream {
 
 impl MarkdownStream {
     fn new(color: bool) -> Self {
-        Self { color, bold: false, code: false, heading: false, line_start: true, pending_star: false }
+        Self {
+            color,
+            bold: false,
+            code: false,
+            heading: false,
+            line_start: true,
+            pending_star: false,
+        }
     }
 
     fn push(&mut self, text: &str) -> String {

@@ -104,7 +104,11 @@ fn bench_model(g: &Global, a: &Args) -> Result<()> {
     // Warm-up: one short forward pass (page faults, thread pools).
     {
         let mut s = model.session(1);
-        model.forward(&mut s, &[prompt[..prompt.len().min(8)].to_vec()], ForwardOptions::default())?;
+        model.forward(
+            &mut s,
+            &[prompt[..prompt.len().min(8)].to_vec()],
+            ForwardOptions::default(),
+        )?;
     }
 
     let mut prefill = Vec::new();
@@ -132,7 +136,11 @@ fn bench_model(g: &Global, a: &Args) -> Result<()> {
             }
             decode.push(a.gen_tokens as f64 / t.elapsed().as_secs_f64());
         }
-        tracing::info!("rep {rep}: prefill {:.1} tok/s, decode {:?} tok/s", prefill[rep], decode.last());
+        tracing::info!(
+            "rep {rep}: prefill {:.1} tok/s, decode {:?} tok/s",
+            prefill[rep],
+            decode.last()
+        );
     }
     let prefill_tok_s = median(&mut prefill);
     let decode_tok_s = median(&mut decode);
@@ -157,12 +165,21 @@ fn bench_model(g: &Global, a: &Args) -> Result<()> {
         "peak_rss_over_file_size": rss.map(|r| r as f64 / file_size as f64),
     });
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report).context("serialising the report")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("serialising the report")?
+        );
     } else {
         println!("model      {}", path.display());
         println!("threads    {}", g.threads());
-        println!("prefill    {prefill_tok_s:.1} tok/s ({} tokens, median of {})", a.prompt_tokens, a.reps);
-        println!("decode     {decode_tok_s:.1} tok/s ({} tokens, median of {})", a.gen_tokens, a.reps);
+        println!(
+            "prefill    {prefill_tok_s:.1} tok/s ({} tokens, median of {})",
+            a.prompt_tokens, a.reps
+        );
+        println!(
+            "decode     {decode_tok_s:.1} tok/s ({} tokens, median of {})",
+            a.gen_tokens, a.reps
+        );
         if let Some(r) = rss {
             println!(
                 "peak RSS   {:.1} MiB ({:.2}x the file)",

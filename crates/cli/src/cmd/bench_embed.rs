@@ -45,12 +45,16 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
     let dir = g.embedder_dir()?;
     let threads = g.threads();
     let t_load = Instant::now();
-    let model = MiniLm::load(&dir, threads).with_context(|| format!("loading {}", dir.display()))?;
+    let model =
+        MiniLm::load(&dir, threads).with_context(|| format!("loading {}", dir.display()))?;
     let load_s = t_load.elapsed().as_secs_f64();
 
     // Tokens the model reads: word pieces truncated to the budget, plus [CLS] and [SEP].
     let budget = model.max_tokens() - 2;
-    let tokens: usize = texts.iter().map(|t| model.count_tokens(t).min(budget) + 2).sum();
+    let tokens: usize = texts
+        .iter()
+        .map(|t| model.count_tokens(t).min(budget) + 2)
+        .sum();
 
     for batch in texts.chunks(a.batch).take(a.warmup) {
         model.embed(batch)?;

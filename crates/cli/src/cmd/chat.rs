@@ -39,7 +39,11 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
             path.display()
         );
     }
-    let system: Vec<Message> = a.system.iter().map(|s| Message::system(s.clone())).collect();
+    let system: Vec<Message> = a
+        .system
+        .iter()
+        .map(|s| Message::system(s.clone()))
+        .collect();
     let mut history = system.clone();
     let mut session = model.session(1);
     // Tokens held in the session's cache, in order.
@@ -72,7 +76,11 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
         history.push(Message::user(line.to_string()));
         let tokens = model.encode_chat(&history, true)?;
         // Reuse the cached prefix; always feed at least one token.
-        let common = cached.iter().zip(&tokens).take_while(|(a, b)| a == b).count();
+        let common = cached
+            .iter()
+            .zip(&tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
         let keep = common.min(tokens.len() - 1);
         if keep < session.len() {
             session.truncate(keep);
@@ -81,11 +89,18 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
         let fresh = &tokens[keep..];
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
-        let generation = match overseer_lm::generate(&model, &mut session, fresh, &opts, None, &mut |t| {
-            let _ = out.write_all(t.as_bytes());
-            let _ = out.flush();
-            ControlFlow::Continue(())
-        }) {
+        let generation = match overseer_lm::generate(
+            &model,
+            &mut session,
+            fresh,
+            &opts,
+            None,
+            &mut |t| {
+                let _ = out.write_all(t.as_bytes());
+                let _ = out.flush();
+                ControlFlow::Continue(())
+            },
+        ) {
             Ok(g) => g,
             Err(overseer_lm::Error::ContextOverflow { tokens, context }) => {
                 eprintln!(

@@ -111,8 +111,13 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let q: Question = serde_json::from_str(&line)
-            .with_context(|| format!("{} line {}: not a question object", a.questions.display(), i + 1))?;
+        let q: Question = serde_json::from_str(&line).with_context(|| {
+            format!(
+                "{} line {}: not a question object",
+                a.questions.display(),
+                i + 1
+            )
+        })?;
         questions.push(q);
     }
     if let Some(n) = a.limit {
@@ -170,10 +175,18 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
     }
     let summary = summarize(&rows);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"summary": summary, "questions": rows}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"summary": summary, "questions": rows})
+            )?
+        );
         return Ok(());
     }
-    println!("{:<26} {:>5} {:>6} {:>5} {:>9} {:>9} {:>5} {:>8}", "question", "ans?", "rel", "abst", "validity", "support", "hit", "total_s");
+    println!(
+        "{:<26} {:>5} {:>6} {:>5} {:>9} {:>9} {:>5} {:>8}",
+        "question", "ans?", "rel", "abst", "validity", "support", "hit", "total_s"
+    );
     for r in &rows {
         println!(
             "{:<26} {:>5} {:>6.3} {:>5} {:>9} {:>9} {:>5} {:>8.1}{}",
@@ -182,15 +195,25 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
             r.relevance,
             if r.abstained { "yes" } else { "no" },
             pct(r.citation_validity),
-            if r.cited_sentences == 0 { "n/a".into() } else { format!("{}/{}", r.supported_sentences, r.cited_sentences) },
-            r.retrieval_hit.map_or("n/a", |h| if h { "yes" } else { "no" }),
+            if r.cited_sentences == 0 {
+                "n/a".into()
+            } else {
+                format!("{}/{}", r.supported_sentences, r.cited_sentences)
+            },
+            r.retrieval_hit
+                .map_or("n/a", |h| if h { "yes" } else { "no" }),
             r.total_ms / 1000.0,
-            r.error.as_deref().map_or(String::new(), |e| format!("  error: {e}")),
+            r.error
+                .as_deref()
+                .map_or(String::new(), |e| format!("  error: {e}")),
         );
     }
     let s = &summary;
     println!();
-    println!("questions               {} ({} errors)", s.questions, s.errors);
+    println!(
+        "questions               {} ({} errors)",
+        s.questions, s.errors
+    );
     println!("citation validity       {}", pct(s.citation_validity));
     println!("citation support        {}", pct(s.citation_support));
     println!("answers with citations  {}", pct(s.cited_answer_rate));
@@ -201,7 +224,10 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
         "relevance: answerable min {:?}, unanswerable max {:?}",
         s.relevance_answerable_min, s.relevance_unanswerable_max
     );
-    println!("mean first token {:.0} ms, mean total {:.0} ms", s.mean_first_token_ms, s.mean_total_ms);
+    println!(
+        "mean first token {:.0} ms, mean total {:.0} ms",
+        s.mean_first_token_ms, s.mean_total_ms
+    );
     Ok(())
 }
 
@@ -227,7 +253,10 @@ fn summarize(rows: &[Row]) -> Summary {
         errors: rows.len() - ok.len(),
         citation_validity: (valid_den > 0).then(|| valid_num / valid_den as f64),
         citation_support: ratio(supported, cited),
-        cited_answer_rate: ratio(answered.iter().filter(|r| r.cited_sentences > 0).count(), answered.len()),
+        cited_answer_rate: ratio(
+            answered.iter().filter(|r| r.cited_sentences > 0).count(),
+            answered.len(),
+        ),
         abstention_unanswerable: ratio(unans.iter().filter(|r| r.abstained).count(), unans.len()),
         abstention_answerable: ratio(ans.iter().filter(|r| r.abstained).count(), ans.len()),
         retrieval_hit: ratio(named.iter().filter(|h| **h).count(), named.len()),

@@ -19,13 +19,19 @@ pub struct Args {
     /// Evaluate only this mode (default: bm25, dense and hybrid).
     #[arg(long, value_parser = super::search::parse_mode)]
     pub mode: Option<Mode>,
-    /// Hybrid fusion: `rrf` or `convex`.
-    #[arg(long, default_value = "convex")]
+    /// Hybrid fusion: `rrf`, `convex` (min-max) or `zscore`.
+    #[arg(long, default_value = super::search::DEFAULT_FUSION)]
     pub fusion: String,
     #[arg(long, default_value_t = overseer_index::DEFAULT_ALPHA)]
     pub alpha: f32,
     #[arg(long, default_value_t = overseer_index::DEFAULT_RRF_K)]
     pub rrf_k: f32,
+    /// Candidates per retriever before fusion, in chunks.
+    #[arg(long, default_value_t = overseer_index::DEFAULT_DEPTH)]
+    pub depth: usize,
+    /// Search every query this many times; latency percentiles cover all runs.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// JSON output: {"bm25": {"ndcg@10", ...}, "dense": {...}, "hybrid": {...}}.
     #[arg(long)]
     pub json: bool,
@@ -38,11 +44,18 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
     let qrels = eval::read_qrels(&a.qrels)?;
     let judged = queries.iter().filter(|q| qrels.contains_key(&q.id)).count();
     if judged == 0 {
-        bail!("no query in {} has a relevant document in {}", a.queries.display(), a.qrels.display());
+        bail!(
+            "no query in {} has a relevant document in {}",
+            a.queries.display(),
+            a.qrels.display()
+        );
     }
     let index = Index::open(&data_dir, super::ingest::load_embedder(g)?)?;
     if index.stats()?.docs == 0 {
-        bail!("the index in {} is empty: run `overseer ingest` first", data_dir.display());
+        bail!(
+            "the index in {} is empty: run `overseer ingest` first",
+            data_dir.display()
+        );
     }
     let modes: Vec<Mode> = match a.mode {
         Some(m) => vec![m],
@@ -51,7 +64,13 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
     let mut out = serde_json::Map::new();
     let mut rows = Vec::new();
     for m in modes {
-        let r = eval::evaluate(&index, &queries, &qrels, m, fusion)?;
+        let opts = eval::EvalOptions {
+            mode: m,
+            fusion,
+            depth: a.depth,
+            repeat: a.repeat.max(1),
+        };
+        let r = eval::evaluate(&index, &queries, &qrels, opts)?;
         out.insert(m.as_str().to_string(), serde_json::to_value(r)?);
         rows.push((m, r));
     }
@@ -60,16 +79,21 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
         return Ok(());
     }
     println!("{judged} judged queries");
-    println!("{:<8} {:>8} {:>8} {:>9} {:>10} {:>11}", "mode", "nDCG@10", "MRR@10", "Recall@1", "Recall@10", "Recall@100");
+    println!(
+        "{:<8} {:>8} {:>8} {:>9} {:>10} {:>11} {:>8} {:>8}",
+        "mode", "nDCG@10", "MRR@10", "Recall@1", "Recall@10", "Recall@100", "p50 ms", "p99 ms"
+    );
     for (m, r) in rows {
         println!(
-            "{:<8} {:>8.4} {:>8.4} {:>9.4} {:>10.4} {:>11.4}",
+            "{:<8} {:>8.4} {:>8.4} {:>9.4} {:>10.4} {:>11.4} {:>8.1} {:>8.1}",
             m.as_str(),
             r.ndcg10,
             r.mrr10,
             r.recall1,
             r.recall10,
-            r.recall100
+            r.recall100,
+            r.latency_ms_p50,
+            r.latency_ms_p99
         );
     }
     Ok(())

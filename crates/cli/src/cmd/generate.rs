@@ -75,8 +75,8 @@ pub struct Args {
 /// Load the model at `path` with the global thread setting.
 pub fn load_model(g: &Global, path: &std::path::Path) -> Result<Model> {
     tracing::info!("loading {}", path.display());
-    Model::load(path, &LoadOptions::cpu(Some(g.threads())))
-        .with_context(|| format!("cannot load model {}", path.display()))
+    // The runtime's errors already name the file.
+    Ok(Model::load(path, &LoadOptions::cpu(Some(g.threads())))?)
 }
 
 pub fn run(g: &Global, a: Args) -> Result<()> {

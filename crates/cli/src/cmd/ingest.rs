@@ -102,7 +102,10 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
             eprintln!("  failed {}: {}", f.location, f.reason);
         }
         if s.failed.len() > SHOW {
-            eprintln!("  ... and {} more (use --json for all)", s.failed.len() - SHOW);
+            eprintln!(
+                "  ... and {} more (use --json for all)",
+                s.failed.len() - SHOW
+            );
         }
         for n in &s.notes {
             eprintln!("  note: {n}");

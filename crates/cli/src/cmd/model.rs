@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Result, bail};
 use overseer_lm::GgufInfo;
 
 use crate::settings::Global;
@@ -24,8 +24,10 @@ pub enum Command {
 pub fn run(_g: &Global, c: Command) -> Result<()> {
     match c {
         Command::Info { path, json } => {
-            let info = GgufInfo::read(&path)
-                .with_context(|| format!("cannot read model {}", path.display()))?;
+            if !path.exists() {
+                bail!("model file {} does not exist", path.display());
+            }
+            let info = GgufInfo::read(&path)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
@@ -44,7 +46,11 @@ fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn human_count(n: u64) -> String {
@@ -67,7 +73,11 @@ pub fn render(info: &GgufInfo) -> String {
     );
     let _ = writeln!(w, "file            {file}");
     let _ = writeln!(w, "name            {}", info.name.as_deref().unwrap_or("-"));
-    let supported = if info.config.is_some() { "" } else { " (unsupported)" };
+    let supported = if info.config.is_some() {
+        ""
+    } else {
+        " (unsupported)"
+    };
     let _ = writeln!(w, "architecture    {}{supported}", info.architecture);
     let _ = writeln!(
         w,
@@ -92,11 +102,19 @@ pub fn render(info: &GgufInfo) -> String {
         let _ = writeln!(w, "layers          {}", c.n_layer);
         let _ = writeln!(w, "hidden size     {}", c.hidden);
         let _ = writeln!(w, "ffn size        {}", c.ffn);
-        let _ = writeln!(w, "heads           {} (kv heads {}, head size {})", c.n_head, c.n_kv_head, c.head_dim);
+        let _ = writeln!(
+            w,
+            "heads           {} (kv heads {}, head size {})",
+            c.n_head, c.n_kv_head, c.head_dim
+        );
         let _ = writeln!(w, "vocabulary      {}", c.vocab);
         let _ = writeln!(w, "rope theta      {}", c.rope_theta);
         let _ = writeln!(w, "rms eps         {:e}", c.rms_eps);
-        let _ = writeln!(w, "tied embeddings {}", if c.tied_embeddings { "yes" } else { "no" });
+        let _ = writeln!(
+            w,
+            "tied embeddings {}",
+            if c.tied_embeddings { "yes" } else { "no" }
+        );
     }
     let _ = writeln!(
         w,

@@ -164,9 +164,11 @@ impl lab::Progress for Bars {
     fn start(&self, stage: &str, total: u64) {
         let bar = ProgressBar::new(total);
         bar.set_style(
-            ProgressStyle::with_template("{msg:>22} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
-                .expect("static template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg:>22} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
         );
         bar.set_message(stage.to_string());
         if let Ok(mut b) = self.0.lock() {
@@ -216,25 +218,38 @@ pub fn run(g: &Global, c: Command) -> Result<()> {
         Command::Orthogonalize(a) => {
             let dir = lab::load_direction(&a.direction)?;
             let path = g.model_path(a.model.as_deref(), QWEN_FILE)?;
-            let dtype = if a.f16 { lab::EditedDType::F16 } else { lab::EditedDType::F32 };
+            let dtype = if a.f16 {
+                lab::EditedDType::F16
+            } else {
+                lab::EditedDType::F32
+            };
             let s = lab::orthogonalize(&path, &dir.vector, &a.out, dtype)?;
             eprintln!(
                 "wrote {} ({} tensors edited{}, {} copied)",
                 s.out.display(),
                 s.edited.len(),
-                if s.added_output { ", output.weight added for the tied LM head" } else { "" },
+                if s.added_output {
+                    ", output.weight added for the tied LM head"
+                } else {
+                    ""
+                },
                 s.copied
             );
             Ok(())
         }
         Command::ExportControlVector(a) => {
             let dir = lab::load_direction(&a.direction)?;
-            let hint = dir.extra.get("architecture").cloned().unwrap_or_else(|| "llama".into());
+            let hint = dir
+                .extra
+                .get("architecture")
+                .cloned()
+                .unwrap_or_else(|| "llama".into());
             let opts = lab::ControlVectorOptions {
                 coef: a.coef,
                 model_hint: hint,
             };
-            let name = lab::export_control_vector(&dir.vector, dir.layer, dir.n_layer, &opts, &a.out)?;
+            let name =
+                lab::export_control_vector(&dir.vector, dir.layer, dir.n_layer, &opts, &a.out)?;
             eprintln!(
                 "wrote {} (tensor {name}: coef {} x r at the input of layer {})",
                 a.out.display(),
@@ -329,7 +344,10 @@ fn eval(g: &Global, a: EvalArgs) -> Result<()> {
     };
     let ids = lab::refusal_token_ids(model.tokenizer().tokens(), &a.refusal_words);
     if ids.is_empty() {
-        bail!("no refusal tokens for {:?} in this vocabulary", a.refusal_words);
+        bail!(
+            "no refusal tokens for {:?} in this vocabulary",
+            a.refusal_words
+        );
     }
     let runner = lab::Runner {
         model: &model,
@@ -337,7 +355,13 @@ fn eval(g: &Global, a: EvalArgs) -> Result<()> {
         refusal_ids: ids,
         system_prompt: None,
     };
-    let items = lab::evaluate(&runner, &prompts, lab::boxed_hook(&mut hook), a.max_new_tokens, &Bars(Mutex::new(None)))?;
+    let items = lab::evaluate(
+        &runner,
+        &prompts,
+        lab::boxed_hook(&mut hook),
+        a.max_new_tokens,
+        &Bars(Mutex::new(None)),
+    )?;
     let (rate, score) = lab::summarize(&items);
     if a.json {
         let out = serde_json::json!({
@@ -349,9 +373,18 @@ fn eval(g: &Global, a: EvalArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         for c in &items {
-            println!("[{}] {}\n{}\n", if c.refused { "refused" } else { "complied" }, c.instruction, c.completion);
+            println!(
+                "[{}] {}\n{}\n",
+                if c.refused { "refused" } else { "complied" },
+                c.instruction,
+                c.completion
+            );
         }
-        println!("refusal rate {:.1}% (n={}), mean refusal score {score:.3}", rate * 100.0, items.len());
+        println!(
+            "refusal rate {:.1}% (n={}), mean refusal score {score:.3}",
+            rate * 100.0,
+            items.len()
+        );
     }
     Ok(())
 }

@@ -33,8 +33,8 @@ pub struct Args {
     /// Retriever.
     #[arg(long, default_value = "hybrid", value_parser = parse_mode)]
     pub mode: Mode,
-    /// Hybrid fusion: `rrf` or `convex` (see --alpha).
-    #[arg(long, default_value = "convex")]
+    /// Hybrid fusion: `rrf`, `convex` (min-max normalised) or `zscore` (see --alpha).
+    #[arg(long, default_value = DEFAULT_FUSION)]
     pub fusion: String,
     /// Weight of the dense scores in convex fusion (0..1).
     #[arg(long, default_value_t = overseer_index::DEFAULT_ALPHA)]
@@ -42,6 +42,9 @@ pub struct Args {
     /// Constant of reciprocal-rank fusion.
     #[arg(long, default_value_t = overseer_index::DEFAULT_RRF_K)]
     pub rrf_k: f32,
+    /// Candidates per retriever before fusion, in chunks.
+    #[arg(long, default_value_t = overseer_index::DEFAULT_DEPTH)]
+    pub depth: usize,
     /// Return chunks instead of documents.
     #[arg(long)]
     pub chunks: bool,
@@ -54,6 +57,9 @@ pub fn parse_mode(s: &str) -> Result<Mode, String> {
     s.parse().map_err(|e: overseer_index::Error| e.to_string())
 }
 
+/// Default `--fusion`; must name the kind of `Fusion::default()`.
+pub const DEFAULT_FUSION: &str = "convex";
+
 pub fn fusion_of(kind: &str, alpha: f32, rrf_k: f32) -> Result<Fusion> {
     Ok(match kind {
         "rrf" => Fusion::Rrf { k: rrf_k },
@@ -63,7 +69,13 @@ pub fn fusion_of(kind: &str, alpha: f32, rrf_k: f32) -> Result<Fusion> {
             }
             Fusion::Convex { alpha }
         }
-        other => bail!("unknown fusion {other:?} (rrf or convex)"),
+        "zscore" => {
+            if !(0.0..=1.0).contains(&alpha) {
+                bail!("--alpha must be between 0 and 1");
+            }
+            Fusion::ZScore { alpha }
+        }
+        other => bail!("unknown fusion {other:?} (rrf, convex or zscore)"),
     })
 }
 
@@ -100,10 +112,14 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
             until: a.until,
         },
         chunk_level: a.chunks,
+        depth: a.depth,
     };
     let hits = index.search(&req)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "results": hits }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "results": hits }))?
+        );
         return Ok(());
     }
     if hits.is_empty() {
@@ -148,7 +164,11 @@ fn snippet(query: &str, text: &str, ansi: bool) -> String {
     while !text.is_char_boundary(end) {
         end += 1;
     }
-    let (on, off) = if ansi { ("\x1b[1m", "\x1b[0m") } else { ("**", "**") };
+    let (on, off) = if ansi {
+        ("\x1b[1m", "\x1b[0m")
+    } else {
+        ("**", "**")
+    };
     let mut out = String::new();
     if start > 0 {
         out.push('…');

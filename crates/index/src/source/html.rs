@@ -10,12 +10,46 @@ const SKIP: &[&str] = &[
 ];
 /// Class/id words that mark boilerplate blocks.
 const BOILERPLATE: &[&str] = &[
-    "nav", "navbar", "navigation", "menu", "sidebar", "footer", "header", "cookie", "cookies",
-    "banner", "breadcrumb", "breadcrumbs", "share", "social", "advert", "ads", "skip-link",
+    "nav",
+    "navbar",
+    "navigation",
+    "menu",
+    "sidebar",
+    "footer",
+    "header",
+    "cookie",
+    "cookies",
+    "banner",
+    "breadcrumb",
+    "breadcrumbs",
+    "share",
+    "social",
+    "advert",
+    "ads",
+    "skip-link",
 ];
 const BLOCK: &[&str] = &[
-    "p", "div", "section", "article", "main", "ul", "ol", "li", "table", "tr", "blockquote",
-    "pre", "figure", "figcaption", "dl", "dt", "dd", "body", "hr", "address", "details",
+    "p",
+    "div",
+    "section",
+    "article",
+    "main",
+    "ul",
+    "ol",
+    "li",
+    "table",
+    "tr",
+    "blockquote",
+    "pre",
+    "figure",
+    "figcaption",
+    "dl",
+    "dt",
+    "dd",
+    "body",
+    "hr",
+    "address",
+    "details",
     "summary",
 ];
 
@@ -110,7 +144,9 @@ impl Out {
 
 fn is_boilerplate(el: &ElementRef<'_>) -> bool {
     let v = el.value();
-    if v.attr("role").is_some_and(|r| r == "navigation" || r == "banner" || r == "contentinfo") {
+    if v.attr("role")
+        .is_some_and(|r| r == "navigation" || r == "banner" || r == "contentinfo")
+    {
         return true;
     }
     if v.attr("aria-hidden") == Some("true") || v.attr("hidden").is_some() {
@@ -120,7 +156,7 @@ fn is_boilerplate(el: &ElementRef<'_>) -> bool {
         .attr("class")
         .unwrap_or("")
         .split_whitespace()
-        .chain(v.attr("id").into_iter());
+        .chain(v.attr("id"));
     for w in words {
         let w = w.to_ascii_lowercase();
         if BOILERPLATE.contains(&w.as_str()) {
@@ -214,7 +250,10 @@ mod tests {
         assert!(!text.contains("Sidebar"), "{text}");
         assert!(!text.contains("Copyright"), "{text}");
         assert!(!text.contains("color"), "{text}");
-        assert!(text.contains("# Main heading\n\nFirst bold paragraph spanning lines."), "{text}");
+        assert!(
+            text.contains("# Main heading\n\nFirst bold paragraph spanning lines."),
+            "{text}"
+        );
         assert!(text.contains("## Sub\n\n- one\n\n- two"), "{text}");
     }
 

@@ -271,10 +271,7 @@ fn markdown(raw: &str, stem: &str) -> (String, String) {
         body.lines()
             .find_map(|l| l.strip_prefix("# ").map(|t| t.trim().to_string()))
     });
-    (
-        title.unwrap_or_else(|| stem.to_string()),
-        body.to_string(),
-    )
+    (title.unwrap_or_else(|| stem.to_string()), body.to_string())
 }
 
 fn plain_title(raw: &str, stem: &str) -> String {
@@ -379,9 +376,11 @@ pub(crate) fn parse_ard(line: &str, default_source: &str) -> Result<(DocMeta, St
                 _ => None,
             })
             .collect(),
-        Some(Value::String(s)) if !s.trim().is_empty() => {
-            s.split([',', ';']).map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()
-        }
+        Some(Value::String(s)) if !s.trim().is_empty() => s
+            .split([',', ';'])
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect(),
         _ => Vec::new(),
     };
     let mut text = take_str(&mut obj, "text").unwrap_or_default();
@@ -448,8 +447,18 @@ mod tests {
 
     #[test]
     fn ard_errors_are_reasons() {
-        assert!(parse_ard("{not json", "s").unwrap_err().1.contains("malformed JSON"));
-        assert!(parse_ard("[1,2]", "s").unwrap_err().1.contains("not a JSON object"));
+        assert!(
+            parse_ard("{not json", "s")
+                .unwrap_err()
+                .1
+                .contains("malformed JSON")
+        );
+        assert!(
+            parse_ard("[1,2]", "s")
+                .unwrap_err()
+                .1
+                .contains("not a JSON object")
+        );
         let (id, r) = parse_ard(r#"{"id":"x","text":"  "}"#, "s").unwrap_err();
         assert_eq!(id.as_deref(), Some("x"));
         assert!(r.contains("no text"));

@@ -23,7 +23,9 @@ pub struct LocalBackend {
 
 impl std::fmt::Debug for LocalBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalBackend").field("name", &self.name).finish()
+        f.debug_struct("LocalBackend")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -36,7 +38,10 @@ fn defuse(text: &str) -> String {
 impl LocalBackend {
     /// Load the model at `path` with `threads` kernel threads.
     pub fn load(path: &Path, threads: usize) -> Result<Self> {
-        let opts = LoadOptions { threads: Some(threads.max(1)), ..LoadOptions::default() };
+        let opts = LoadOptions {
+            threads: Some(threads.max(1)),
+            ..LoadOptions::default()
+        };
         let model = Model::load(path, &opts)?;
         Ok(Self::new(model))
     }

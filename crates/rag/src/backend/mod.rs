@@ -34,13 +34,22 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn system(c: impl Into<String>) -> Self {
-        Self { role: ChatRole::System, content: c.into() }
+        Self {
+            role: ChatRole::System,
+            content: c.into(),
+        }
     }
     pub fn user(c: impl Into<String>) -> Self {
-        Self { role: ChatRole::User, content: c.into() }
+        Self {
+            role: ChatRole::User,
+            content: c.into(),
+        }
     }
     pub fn assistant(c: impl Into<String>) -> Self {
-        Self { role: ChatRole::Assistant, content: c.into() }
+        Self {
+            role: ChatRole::Assistant,
+            content: c.into(),
+        }
     }
 }
 
@@ -57,7 +66,12 @@ pub struct GenParams {
 
 impl Default for GenParams {
     fn default() -> Self {
-        Self { max_tokens: 384, temperature: 0.0, seed: 42, stop: Vec::new() }
+        Self {
+            max_tokens: 384,
+            temperature: 0.0,
+            seed: 42,
+            stop: Vec::new(),
+        }
     }
 }
 

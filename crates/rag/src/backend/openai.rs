@@ -116,7 +116,11 @@ impl OpenAiBackend {
             .timeout_global(Some(cfg.total_timeout))
             .build()
             .into();
-        Ok(Self { cfg, endpoint, agent })
+        Ok(Self {
+            cfg,
+            endpoint,
+            agent,
+        })
     }
 
     fn url_err(&self, e: ureq::Error) -> (bool, Error) {
@@ -124,14 +128,28 @@ impl OpenAiBackend {
         match e {
             ureq::Error::Timeout(t) => {
                 let retry = matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve);
-                (retry, Error::Timeout { url, reason: format!("{t}") })
+                (
+                    retry,
+                    Error::Timeout {
+                        url,
+                        reason: format!("{t}"),
+                    },
+                )
             }
-            ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
-                (false, Error::Timeout { url, reason: io.to_string() })
-            }
-            ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
-                (true, Error::Connect { url, reason: e.to_string() })
-            }
+            ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => (
+                false,
+                Error::Timeout {
+                    url,
+                    reason: io.to_string(),
+                },
+            ),
+            ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => (
+                true,
+                Error::Connect {
+                    url,
+                    reason: e.to_string(),
+                },
+            ),
             ureq::Error::Io(io)
                 if matches!(
                     io.kind(),
@@ -141,9 +159,21 @@ impl OpenAiBackend {
                         | std::io::ErrorKind::NotConnected
                 ) =>
             {
-                (true, Error::Connect { url, reason: io.to_string() })
+                (
+                    true,
+                    Error::Connect {
+                        url,
+                        reason: io.to_string(),
+                    },
+                )
             }
-            other => (false, Error::BadResponse { url, reason: other.to_string() }),
+            other => (
+                false,
+                Error::BadResponse {
+                    url,
+                    reason: other.to_string(),
+                },
+            ),
         }
     }
 
@@ -164,7 +194,11 @@ impl OpenAiBackend {
             Ok(r) => r,
             Err(e) => {
                 let (retry, err) = self.url_err(e);
-                return if retry { Attempt::Retry(err) } else { Attempt::Fatal(err) };
+                return if retry {
+                    Attempt::Retry(err)
+                } else {
+                    Attempt::Fatal(err)
+                };
             }
         };
         let status = resp.status().as_u16();
@@ -183,7 +217,11 @@ impl OpenAiBackend {
                 body: text.trim().chars().take(300).collect(),
             };
             let retry = status == 429 || status >= 500;
-            return if retry { Attempt::Retry(err) } else { Attempt::Fatal(err) };
+            return if retry {
+                Attempt::Retry(err)
+            } else {
+                Attempt::Fatal(err)
+            };
         }
         let result = if is_sse {
             self.read_sse(reader, start, on_text)
@@ -197,17 +235,26 @@ impl OpenAiBackend {
     }
 
     fn bad(&self, reason: impl Into<String>) -> Error {
-        Error::BadResponse { url: self.endpoint.clone(), reason: reason.into() }
+        Error::BadResponse {
+            url: self.endpoint.clone(),
+            reason: reason.into(),
+        }
     }
 
     fn io_err(&self, e: std::io::Error) -> Error {
         if e.kind() == std::io::ErrorKind::TimedOut {
-            return Error::Timeout { url: self.endpoint.clone(), reason: e.to_string() };
+            return Error::Timeout {
+                url: self.endpoint.clone(),
+                reason: e.to_string(),
+            };
         }
         // ureq wraps its own timeouts into io errors when reading the body.
         let msg = e.to_string();
         if msg.contains("timeout") || msg.contains("timed out") {
-            return Error::Timeout { url: self.endpoint.clone(), reason: msg };
+            return Error::Timeout {
+                url: self.endpoint.clone(),
+                reason: msg,
+            };
         }
         self.bad(format!("reading the response failed: {msg}"))
     }
@@ -255,7 +302,10 @@ impl OpenAiBackend {
                 .ok_or_else(|| self.bad(format!("event without choices: {}", clip(data))))?;
             saw_data = true;
             if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
-                out.prompt_tokens = u.get("prompt_tokens").and_then(Value::as_u64).map(|x| x as usize);
+                out.prompt_tokens = u
+                    .get("prompt_tokens")
+                    .and_then(Value::as_u64)
+                    .map(|x| x as usize);
             }
             let piece = choice
                 .get("delta")
@@ -273,7 +323,11 @@ impl OpenAiBackend {
                     break;
                 }
             }
-            if choice.get("finish_reason").and_then(Value::as_str).is_some() {
+            if choice
+                .get("finish_reason")
+                .and_then(Value::as_str)
+                .is_some()
+            {
                 done = true;
             }
         }
@@ -294,7 +348,9 @@ impl OpenAiBackend {
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Completion> {
         let mut body = String::new();
-        reader.read_to_string(&mut body).map_err(|e| self.io_err(e))?;
+        reader
+            .read_to_string(&mut body)
+            .map_err(|e| self.io_err(e))?;
         let v: Value = serde_json::from_str(&body)
             .map_err(|e| self.bad(format!("not JSON ({e}): {}", clip(&body))))?;
         let text = v
@@ -303,7 +359,10 @@ impl OpenAiBackend {
             .ok_or_else(|| self.bad(format!("no choices[0].message.content in {}", clip(&body))))?;
         let mut out = Completion {
             text: text.to_string(),
-            prompt_tokens: v.pointer("/usage/prompt_tokens").and_then(Value::as_u64).map(|x| x as usize),
+            prompt_tokens: v
+                .pointer("/usage/prompt_tokens")
+                .and_then(Value::as_u64)
+                .map(|x| x as usize),
             completion_tokens: v
                 .pointer("/usage/completion_tokens")
                 .and_then(Value::as_u64)
@@ -321,7 +380,11 @@ impl OpenAiBackend {
 
 fn clip(s: &str) -> String {
     let t: String = s.chars().take(200).collect();
-    if t.len() < s.len() { format!("{t}…") } else { t }
+    if t.len() < s.len() {
+        format!("{t}…")
+    } else {
+        t
+    }
 }
 
 impl Backend for OpenAiBackend {
@@ -388,7 +451,10 @@ mod tests {
         assert_eq!(endpoint("http://h:1"), "http://h:1/v1/chat/completions");
         assert_eq!(endpoint("http://h:1/"), "http://h:1/v1/chat/completions");
         assert_eq!(endpoint("http://h:1/v1"), "http://h:1/v1/chat/completions");
-        assert_eq!(endpoint("http://h:1/v1/chat/completions"), "http://h:1/v1/chat/completions");
+        assert_eq!(
+            endpoint("http://h:1/v1/chat/completions"),
+            "http://h:1/v1/chat/completions"
+        );
     }
 
     #[test]
