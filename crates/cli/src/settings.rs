@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-/// File name of the fast default model (llama architecture).
+/// File name of the fast default model (llama architecture), used by tests.
+#[allow(dead_code)]
 pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// File name of the better default model (qwen2 architecture).
 pub const QWEN_FILE: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";

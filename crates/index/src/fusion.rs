@@ -31,7 +31,7 @@ impl Default for Fusion {
 }
 
 /// Default weight of the dense list in [`Fusion::Convex`].
-pub const DEFAULT_ALPHA: f32 = 0.9;
+pub const DEFAULT_ALPHA: f32 = 0.7;
 /// Default constant of [`Fusion::Rrf`].
 pub const DEFAULT_RRF_K: f32 = 60.0;
 
@@ -62,7 +62,11 @@ pub(crate) fn fuse(bm25: &[(u32, f32)], dense: &[(u32, f32)], fusion: Fusion) ->
                 }
                 let n = list.len() as f32;
                 let mean = list.iter().map(|(_, s)| s).sum::<f32>() / n;
-                let var = list.iter().map(|(_, s)| (s - mean) * (s - mean)).sum::<f32>() / n;
+                let var = list
+                    .iter()
+                    .map(|(_, s)| (s - mean) * (s - mean))
+                    .sum::<f32>()
+                    / n;
                 let sd = if var > 0.0 { var.sqrt() } else { 1.0 };
                 let mut lo = f32::INFINITY;
                 for (key, s) in list {

@@ -27,8 +27,8 @@ pub use fusion::{DEFAULT_ALPHA, DEFAULT_RRF_K, Fusion};
 pub use hnsw::{Hnsw, HnswParams};
 pub use ingest::{IngestOptions, IngestSummary, NoProgress, Progress, ingest};
 pub use search::{
-    DEFAULT_DEPTH, Document, Filters, Index, IndexStats, MAX_K, MAX_QUERY_CHARS, Mode, Passage, SearchHit,
-    SearchRequest, highlight_spans, truncate_query,
+    DEFAULT_DEPTH, Document, Filters, Index, IndexStats, MAX_K, MAX_QUERY_CHARS, Mode, Passage,
+    SearchHit, SearchRequest, highlight_spans, truncate_query,
 };
 pub use source::{DocMeta, Failure};
 pub use vectors::Scored;

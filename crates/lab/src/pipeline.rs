@@ -731,7 +731,8 @@ impl RefusalRun<'_> {
                 .map(|&x| f64::from(x) * f64::from(x))
                 .sum::<f64>()
                 .sqrt();
-            if !(norm > 1e-6) {
+            // Also catches a NaN norm.
+            if norm.is_nan() || norm <= 1e-6 {
                 let c = CandidateScore {
                     layer: l,
                     position: cands.positions[pi],
@@ -845,7 +846,7 @@ impl RefusalRun<'_> {
 }
 
 fn sorted(mut v: Vec<CandidateScore>) -> Vec<CandidateScore> {
-    v.sort_by(|a, b| (a.layer, a.position).cmp(&(b.layer, b.position)));
+    v.sort_by_key(|c| (c.layer, c.position));
     v
 }
 

@@ -23,7 +23,7 @@ pub fn reborrow<'s>(h: &'s mut Option<&mut dyn Hook>) -> Option<&'s mut dyn Hook
 }
 
 /// Borrow an optional boxed hook.
-pub fn boxed<'s>(h: &'s mut Option<Box<dyn Hook>>) -> Option<&'s mut dyn Hook> {
+pub fn boxed(h: &mut Option<Box<dyn Hook>>) -> Option<&mut dyn Hook> {
     match h {
         Some(h) => Some(h.as_mut()),
         None => None,

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path}: cannot read file: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a GGUF file (bad magic {magic:?})")]
     BadMagic { path: PathBuf, magic: [u8; 4] },
     #[error("{path}: truncated or corrupt GGUF: {reason}")]
@@ -17,7 +20,11 @@ pub enum Error {
     #[error("{path}: missing tensor '{name}'")]
     MissingTensor { path: PathBuf, name: String },
     #[error("{path}: missing or invalid metadata '{key}': {reason}")]
-    Metadata { path: PathBuf, key: String, reason: String },
+    Metadata {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]

@@ -167,8 +167,14 @@ impl Model {
     /// tokenizer wants one and the template did not write it).
     ///
     /// Errors: [`Error::Template`], [`Error::Tokenizer`].
-    pub fn encode_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>> {
-        let text = self.chat_template().render(messages, add_generation_prompt)?;
+    pub fn encode_chat(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
+        let text = self
+            .chat_template()
+            .render(messages, add_generation_prompt)?;
         self.encode_prompt(&text)
     }
 
@@ -265,7 +271,10 @@ pub fn generate(
         timings.decode_tokens += 1;
     };
     timings.decode_secs = t1.elapsed().as_secs_f64();
-    if matches!(stop_reason, StopReason::Eos | StopReason::MaxTokens | StopReason::ContextFull) {
+    if matches!(
+        stop_reason,
+        StopReason::Eos | StopReason::MaxTokens | StopReason::ContextFull
+    ) {
         let rest = state.finish();
         if !rest.is_empty() {
             let _ = on_text(&rest);

@@ -10,12 +10,12 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 
+use candle_core::Device;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::Device;
 use serde::Serialize;
 
-use crate::config::{meta_str, Architecture, ModelConfig};
+use crate::config::{Architecture, ModelConfig, meta_str};
 use crate::{Error, Result};
 
 /// Arrays longer than this are summarised in [`GgufInfo::metadata`] (the vocabulary and
@@ -184,7 +184,8 @@ impl GgufFile {
             });
         }
         reader.rewind().map_err(io)?;
-        let content = Content::read(&mut reader).map_err(|e| corrupt(format!("header: {}", first_line(&e))))?;
+        let content = Content::read(&mut reader)
+            .map_err(|e| corrupt(format!("header: {}", first_line(&e))))?;
         // Every tensor's data must lie inside the file (a truncated download fails here
         // instead of at the first read).
         for (name, t) in &content.tensor_infos {
@@ -223,13 +224,12 @@ impl GgufFile {
     ///
     /// Errors: [`Error::Metadata`] when missing, [`Error::UnsupportedArchitecture`].
     pub fn architecture(&self) -> Result<Architecture> {
-        let name = meta_str(&self.content, "general.architecture").ok_or_else(|| {
-            Error::Metadata {
+        let name =
+            meta_str(&self.content, "general.architecture").ok_or_else(|| Error::Metadata {
                 path: self.path.clone(),
                 key: "general.architecture".into(),
                 reason: "missing or not a string".into(),
-            }
-        })?;
+            })?;
         Architecture::from_gguf_name(name).ok_or_else(|| Error::UnsupportedArchitecture {
             path: self.path.clone(),
             arch: name.to_string(),
@@ -244,7 +244,12 @@ impl GgufFile {
     /// Read tensor `name`, checking its shape (dims in row-major order) when given.
     ///
     /// Errors: [`Error::MissingTensor`], [`Error::Corrupt`] (wrong shape, unreadable data).
-    pub fn tensor(&mut self, name: &str, shape: Option<&[usize]>, device: &Device) -> Result<QTensor> {
+    pub fn tensor(
+        &mut self,
+        name: &str,
+        shape: Option<&[usize]>,
+        device: &Device,
+    ) -> Result<QTensor> {
         let Some(info) = self.content.tensor_infos.get(name) else {
             return Err(Error::MissingTensor {
                 path: self.path.clone(),
@@ -273,7 +278,9 @@ impl GgufFile {
     /// Summarise the file.
     pub fn info(&self) -> GgufInfo {
         let c = &self.content;
-        let architecture = meta_str(c, "general.architecture").unwrap_or("").to_string();
+        let architecture = meta_str(c, "general.architecture")
+            .unwrap_or("")
+            .to_string();
         let config = Architecture::from_gguf_name(&architecture)
             .and_then(|a| ModelConfig::from_gguf(&self.path, c, a).ok());
         let mut tensors: Vec<TensorInfo> = c
@@ -351,13 +358,17 @@ impl GgufInfo {
 mod tests {
     use super::*;
     use crate::{LoadOptions, Model};
-    use candle_core::quantized::gguf_file;
     use candle_core::Tensor;
+    use candle_core::quantized::gguf_file;
 
     fn smollm() -> PathBuf {
         let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"))
             .join("SmolLM2-135M-Instruct.Q4_1.gguf");
-        assert!(p.exists(), "{} is missing: run scripts/fetch-models", p.display());
+        assert!(
+            p.exists(),
+            "{} is missing: run scripts/fetch-models",
+            p.display()
+        );
         p
     }
 
@@ -373,7 +384,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let bytes = std::fs::read(smollm()).expect("read model");
         // Cut in the tensor data, and in the header.
-        for (name, len) in [("half.gguf", bytes.len() / 2), ("head.gguf", 5000), ("last.gguf", bytes.len() - 1)] {
+        for (name, len) in [
+            ("half.gguf", bytes.len() / 2),
+            ("head.gguf", 5000),
+            ("last.gguf", bytes.len() - 1),
+        ] {
             let p = dir.path().join(name);
             std::fs::write(&p, &bytes[..len]).expect("write");
             let e = load_err(&p);
@@ -397,13 +412,19 @@ mod tests {
         std::fs::write(&p, &bytes).expect("write");
         let e = load_err(&p);
         assert!(matches!(e, Error::BadMagic { .. }), "{e:?}");
-        assert!(e.to_string().contains("magic.gguf") && e.to_string().contains("not a GGUF"), "{e}");
+        assert!(
+            e.to_string().contains("magic.gguf") && e.to_string().contains("not a GGUF"),
+            "{e}"
+        );
         let p = dir.path().join("empty.gguf");
         std::fs::write(&p, b"").expect("write");
         assert!(matches!(load_err(&p), Error::BadMagic { .. }));
         let p = dir.path().join("missing.gguf");
         let e = load_err(&p);
-        assert!(matches!(e, Error::Io { .. }) && e.to_string().contains("missing.gguf"), "{e}");
+        assert!(
+            matches!(e, Error::Io { .. }) && e.to_string().contains("missing.gguf"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -424,7 +445,10 @@ mod tests {
         let e = load_err(&p);
         assert!(matches!(e, Error::UnsupportedArchitecture { .. }), "{e:?}");
         let msg = e.to_string();
-        assert!(msg.contains("mamba.gguf") && msg.contains("'mamba'"), "{msg}");
+        assert!(
+            msg.contains("mamba.gguf") && msg.contains("'mamba'"),
+            "{msg}"
+        );
         // model info still describes the file.
         let info = GgufInfo::read(&p).expect("header is fine");
         assert_eq!(info.architecture, "mamba");
@@ -452,7 +476,10 @@ mod tests {
                     _ => vec![32, 32],
                 };
                 let t = Tensor::zeros(shape, candle_core::DType::F32, &dev).expect("zeros");
-                (name.to_string(), QTensor::quantize(&t, GgmlDType::F32).expect("f32"))
+                (
+                    name.to_string(),
+                    QTensor::quantize(&t, GgmlDType::F32).expect("f32"),
+                )
             })
             .collect();
         let mut f = File::create(path).expect("create");
@@ -465,14 +492,27 @@ mod tests {
     fn missing_tensor_is_named() {
         let dir = tempfile::tempdir().expect("temp dir");
         let p = dir.path().join("tiny.gguf");
-        synthetic(&p, &["token_embd.weight", "output_norm.weight", "blk.0.attn_norm.weight"]);
+        synthetic(
+            &p,
+            &[
+                "token_embd.weight",
+                "output_norm.weight",
+                "blk.0.attn_norm.weight",
+            ],
+        );
         let e = load_err(&p);
-        assert!(matches!(e, Error::MissingTensor { ref name, .. } if name == "blk.0.attn_q.weight"), "{e:?}");
+        assert!(
+            matches!(e, Error::MissingTensor { ref name, .. } if name == "blk.0.attn_q.weight"),
+            "{e:?}"
+        );
         assert!(e.to_string().contains("tiny.gguf"), "{e}");
         let p = dir.path().join("noembd.gguf");
         synthetic(&p, &["output_norm.weight"]);
         let e = load_err(&p);
-        assert!(matches!(e, Error::MissingTensor { ref name, .. } if name == "token_embd.weight"), "{e:?}");
+        assert!(
+            matches!(e, Error::MissingTensor { ref name, .. } if name == "token_embd.weight"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -480,14 +520,29 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let p = dir.path().join("shape.gguf");
         // attn_norm should be [32]; synthetic() gives other names [32, 32].
-        synthetic(&p, &["token_embd.weight", "output_norm.weight", "blk.0.attn_norm"]);
+        synthetic(
+            &p,
+            &["token_embd.weight", "output_norm.weight", "blk.0.attn_norm"],
+        );
         let e = load_err(&p);
         assert!(matches!(e, Error::MissingTensor { .. }), "{e:?}");
         let p = dir.path().join("shape2.gguf");
-        synthetic(&p, &["token_embd.weight", "output_norm.weight", "blk.0.attn_norm.weight", "blk.0.attn_q.weight", "blk.0.attn_k.weight"]);
+        synthetic(
+            &p,
+            &[
+                "token_embd.weight",
+                "output_norm.weight",
+                "blk.0.attn_norm.weight",
+                "blk.0.attn_q.weight",
+                "blk.0.attn_k.weight",
+            ],
+        );
         let e = load_err(&p);
         // attn_k should be [16, 32] (2 kv heads of 8).
-        assert!(matches!(e, Error::Corrupt { .. }) && e.to_string().contains("blk.0.attn_k.weight"), "{e:?}");
+        assert!(
+            matches!(e, Error::Corrupt { .. }) && e.to_string().contains("blk.0.attn_k.weight"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -495,7 +550,10 @@ mod tests {
         let info = GgufInfo::read(&smollm()).expect("valid");
         assert_eq!(info.architecture, "llama");
         let c = info.config.as_ref().expect("supported");
-        assert_eq!((c.n_layer, c.hidden, c.n_head, c.n_kv_head), (30, 576, 9, 3));
+        assert_eq!(
+            (c.n_layer, c.hidden, c.n_head, c.n_kv_head),
+            (30, 576, 9, 3)
+        );
         assert!(c.tied_embeddings);
         assert!(info.has_chat_template);
         assert_eq!(info.quantization, "Q4_1");
@@ -503,7 +561,9 @@ mod tests {
         assert_eq!(n, info.tensors.len());
         assert!(info.parameter_count > 130_000_000 && info.parameter_count < 140_000_000);
         // Long arrays are summarised, not dumped.
-        let tokens = info.metadata["tokenizer.ggml.tokens"].as_str().expect("summary string");
+        let tokens = info.metadata["tokenizer.ggml.tokens"]
+            .as_str()
+            .expect("summary string");
         assert!(tokens.starts_with("[49152 x"), "{tokens}");
     }
 }

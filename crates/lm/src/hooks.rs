@@ -61,7 +61,12 @@ pub trait Hook: Send {
     fn wants(&self, point: HookPoint) -> bool;
     /// Called with the activation at `point`; return `Some(t)` to replace it by `t`
     /// (same shape and dtype), `None` to leave it unchanged.
-    fn call(&mut self, point: HookPoint, x: &Tensor, cx: &HookContext<'_>) -> Result<Option<Tensor>>;
+    fn call(
+        &mut self,
+        point: HookPoint,
+        x: &Tensor,
+        cx: &HookContext<'_>,
+    ) -> Result<Option<Tensor>>;
 }
 
 /// Several hooks applied in order.
@@ -105,7 +110,12 @@ impl Hook for HookList {
         self.0.iter().any(|h| h.wants(point))
     }
 
-    fn call(&mut self, point: HookPoint, x: &Tensor, cx: &HookContext<'_>) -> Result<Option<Tensor>> {
+    fn call(
+        &mut self,
+        point: HookPoint,
+        x: &Tensor,
+        cx: &HookContext<'_>,
+    ) -> Result<Option<Tensor>> {
         let mut cur: Option<Tensor> = None;
         for h in &mut self.0 {
             if !h.wants(point) {
@@ -125,7 +135,12 @@ impl<H: Hook + ?Sized> Hook for &mut H {
         (**self).wants(point)
     }
 
-    fn call(&mut self, point: HookPoint, x: &Tensor, cx: &HookContext<'_>) -> Result<Option<Tensor>> {
+    fn call(
+        &mut self,
+        point: HookPoint,
+        x: &Tensor,
+        cx: &HookContext<'_>,
+    ) -> Result<Option<Tensor>> {
         (**self).call(point, x, cx)
     }
 }
@@ -179,7 +194,11 @@ impl MeanCapture {
         let n = self.count.max(1) as f64;
         self.sums
             .iter()
-            .map(|p| p.iter().map(|pos| pos.iter().map(|s| s / n).collect()).collect())
+            .map(|p| {
+                p.iter()
+                    .map(|pos| pos.iter().map(|s| s / n).collect())
+                    .collect()
+            })
             .collect()
     }
 
@@ -195,7 +214,12 @@ impl Hook for MeanCapture {
         self.points.contains(&point)
     }
 
-    fn call(&mut self, point: HookPoint, x: &Tensor, cx: &HookContext<'_>) -> Result<Option<Tensor>> {
+    fn call(
+        &mut self,
+        point: HookPoint,
+        x: &Tensor,
+        cx: &HookContext<'_>,
+    ) -> Result<Option<Tensor>> {
         let Some((first, n)) = select(Positions::LastN(self.last_n), cx)? else {
             return Ok(None);
         };
@@ -257,9 +281,15 @@ impl Hook for RawCapture {
         self.points.contains(&point)
     }
 
-    fn call(&mut self, point: HookPoint, x: &Tensor, cx: &HookContext<'_>) -> Result<Option<Tensor>> {
+    fn call(
+        &mut self,
+        point: HookPoint,
+        x: &Tensor,
+        cx: &HookContext<'_>,
+    ) -> Result<Option<Tensor>> {
         if let Some((first, n)) = select(self.positions, cx)? {
-            self.captured.push((point, x.narrow(1, first, n)?.contiguous()?));
+            self.captured
+                .push((point, x.narrow(1, first, n)?.contiguous()?));
         }
         Ok(None)
     }
@@ -267,7 +297,13 @@ impl Hook for RawCapture {
 
 impl ActivationAddition {
     /// Add `coef · vector` (length `hidden`) at `point` for `positions`.
-    pub fn new(point: HookPoint, vector: &[f32], coef: f64, positions: Positions, device: &Device) -> Result<Self> {
+    pub fn new(
+        point: HookPoint,
+        vector: &[f32],
+        coef: f64,
+        positions: Positions,
+        device: &Device,
+    ) -> Result<Self> {
         Ok(Self {
             point,
             vector: Tensor::new(vector, device)?,
@@ -282,7 +318,12 @@ impl Hook for ActivationAddition {
         point == self.point
     }
 
-    fn call(&mut self, _point: HookPoint, x: &Tensor, cx: &HookContext<'_>) -> Result<Option<Tensor>> {
+    fn call(
+        &mut self,
+        _point: HookPoint,
+        x: &Tensor,
+        cx: &HookContext<'_>,
+    ) -> Result<Option<Tensor>> {
         let Some((first, n)) = select(self.positions, cx)? else {
             return Ok(None);
         };
@@ -310,11 +351,20 @@ impl Ablation {
     ///
     /// Errors: [`Error::Hook`] for a zero or non-finite direction.
     pub fn new(direction: &[f32], device: &Device) -> Result<Self> {
-        let norm = direction.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+        let norm = direction
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt();
         if !(norm.is_finite() && norm > 0.0) {
-            return Err(Error::Hook("cannot ablate a zero or non-finite direction".into()));
+            return Err(Error::Hook(
+                "cannot ablate a zero or non-finite direction".into(),
+            ));
         }
-        let unit: Vec<f32> = direction.iter().map(|&v| (f64::from(v) / norm) as f32).collect();
+        let unit: Vec<f32> = direction
+            .iter()
+            .map(|&v| (f64::from(v) / norm) as f32)
+            .collect();
         Ok(Self {
             direction: Tensor::new(unit, device)?,
         })
@@ -328,10 +378,18 @@ impl Ablation {
 
 impl Hook for Ablation {
     fn wants(&self, point: HookPoint) -> bool {
-        matches!(point, HookPoint::ResidPre(_) | HookPoint::AttnOut(_) | HookPoint::MlpOut(_))
+        matches!(
+            point,
+            HookPoint::ResidPre(_) | HookPoint::AttnOut(_) | HookPoint::MlpOut(_)
+        )
     }
 
-    fn call(&mut self, _point: HookPoint, x: &Tensor, _cx: &HookContext<'_>) -> Result<Option<Tensor>> {
+    fn call(
+        &mut self,
+        _point: HookPoint,
+        x: &Tensor,
+        _cx: &HookContext<'_>,
+    ) -> Result<Option<Tensor>> {
         let hidden = x.dim(2)?;
         if self.direction.elem_count() != hidden {
             return Err(Error::Hook(format!(
@@ -339,7 +397,10 @@ impl Hook for Ablation {
                 self.direction.elem_count()
             )));
         }
-        let d = self.direction.to_dtype(x.dtype())?.reshape((1, 1, hidden))?;
+        let d = self
+            .direction
+            .to_dtype(x.dtype())?
+            .reshape((1, 1, hidden))?;
         let proj = x.broadcast_mul(&d)?.sum_keepdim(2)?; // (b, s, 1)
         Ok(Some(x.broadcast_sub(&proj.broadcast_mul(&d)?)?))
     }

@@ -21,9 +21,7 @@ mod tokenizer;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{Error, Result};
-pub use generate::{
-    GenerateOptions, Generation, StopReason, Timings, generate, generate_batch,
-};
+pub use generate::{GenerateOptions, Generation, StopReason, Timings, generate, generate_batch};
 pub use gguf::{GgufInfo, TensorInfo, TypeCount};
 pub use hooks::{
     Ablation, ActivationAddition, Hook, HookContext, HookList, HookPoint, MeanCapture, Positions,

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 use candle_nn::rotary_emb::{rope, rope_i};
 
-use crate::config::{meta_f64, meta_str, ModelConfig};
+use crate::config::{ModelConfig, meta_f64, meta_str};
 use crate::gguf::{GgufFile, GgufInfo};
 use crate::hooks::{Hook, HookContext, HookPoint};
 use crate::linear::QLinear;
@@ -133,7 +133,13 @@ fn vector(f: &mut GgufFile, name: &str, n: usize, device: &Device) -> Result<Ten
     Ok(t.dequantize(device)?.to_dtype(DType::F32)?)
 }
 
-fn linear(f: &mut GgufFile, name: &str, out: usize, inp: usize, device: &Device) -> Result<QLinear> {
+fn linear(
+    f: &mut GgufFile,
+    name: &str,
+    out: usize,
+    inp: usize,
+    device: &Device,
+) -> Result<QLinear> {
     QLinear::new(f.tensor(name, Some(&[out, inp]), device)?)
 }
 
@@ -281,7 +287,12 @@ impl Model {
     /// Errors: [`Error::InvalidArgument`] (wrong number of rows, empty row, ragged later
     /// call, token id out of range), [`Error::ContextOverflow`], [`Error::Hook`],
     /// [`Error::Candle`]. On error the session is left as it was before the call.
-    pub fn forward(&self, s: &mut Session, tokens: &[Vec<u32>], o: ForwardOptions<'_>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        s: &mut Session,
+        tokens: &[Vec<u32>],
+        o: ForwardOptions<'_>,
+    ) -> Result<Tensor> {
         let (old_len, old_pad) = (s.len, s.pad.clone());
         let r = self.forward_inner(s, tokens, o);
         if r.is_err() {
@@ -290,7 +301,12 @@ impl Model {
         r
     }
 
-    fn forward_inner(&self, s: &mut Session, tokens: &[Vec<u32>], o: ForwardOptions<'_>) -> Result<Tensor> {
+    fn forward_inner(
+        &self,
+        s: &mut Session,
+        tokens: &[Vec<u32>],
+        o: ForwardOptions<'_>,
+    ) -> Result<Tensor> {
         let c = &self.config;
         let b = s.batch;
         if tokens.len() != b {
@@ -403,7 +419,9 @@ impl Model {
                 if let Some(bias) = bias {
                     y = y.broadcast_add(bias)?;
                 }
-                Ok(y.reshape((b, seq, heads, hd))?.transpose(1, 2)?.contiguous()?)
+                Ok(y.reshape((b, seq, heads, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()?)
             };
             let q = proj(&layer.q, &layer.q_bias, nh)?;
             let k = proj(&layer.k, &layer.k_bias, nkv)?;

@@ -95,9 +95,14 @@ impl Sampler {
                 .select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
             self.cand.truncate(k);
         }
-        self.cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        self.cand
+            .sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let max = self.cand[0].1;
-        let mut probs: Vec<f64> = self.cand.iter().map(|c| f64::from(c.1 - max).exp()).collect();
+        let mut probs: Vec<f64> = self
+            .cand
+            .iter()
+            .map(|c| f64::from(c.1 - max).exp())
+            .collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
         let top_p = f64::from(self.params.top_p);

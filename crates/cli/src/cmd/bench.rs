@@ -116,7 +116,11 @@ fn bench_model(g: &Global, a: &Args) -> Result<()> {
     for rep in 0..a.reps {
         let mut s = model.session(1);
         let t = Instant::now();
-        let logits = model.forward(&mut s, &[prompt.clone()], ForwardOptions::default())?;
+        let logits = model.forward(
+            &mut s,
+            std::slice::from_ref(&prompt),
+            ForwardOptions::default(),
+        )?;
         logits.to_vec2::<f32>()?;
         prefill.push(a.prompt_tokens as f64 / t.elapsed().as_secs_f64());
 

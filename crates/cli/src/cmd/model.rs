@@ -109,7 +109,7 @@ pub fn render(info: &GgufInfo) -> String {
         );
         let _ = writeln!(w, "vocabulary      {}", c.vocab);
         let _ = writeln!(w, "rope theta      {}", c.rope_theta);
-        let _ = writeln!(w, "rms eps         {:e}", c.rms_eps);
+        let _ = writeln!(w, "rms eps         {:e}", c.rms_eps as f32);
         let _ = writeln!(
             w,
             "tied embeddings {}",

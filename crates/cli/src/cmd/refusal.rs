@@ -171,24 +171,24 @@ impl lab::Progress for Bars {
             .progress_chars("=> "),
         );
         bar.set_message(stage.to_string());
-        if let Ok(mut b) = self.0.lock() {
-            if let Some(old) = b.replace(bar) {
-                old.finish_and_clear();
-            }
+        if let Ok(mut b) = self.0.lock()
+            && let Some(old) = b.replace(bar)
+        {
+            old.finish_and_clear();
         }
     }
     fn advance(&self, n: u64) {
-        if let Ok(b) = self.0.lock() {
-            if let Some(b) = b.as_ref() {
-                b.inc(n);
-            }
+        if let Ok(b) = self.0.lock()
+            && let Some(b) = b.as_ref()
+        {
+            b.inc(n);
         }
     }
     fn finish(&self) {
-        if let Ok(mut b) = self.0.lock() {
-            if let Some(b) = b.take() {
-                b.finish();
-            }
+        if let Ok(mut b) = self.0.lock()
+            && let Some(b) = b.take()
+        {
+            b.finish();
         }
     }
 }
