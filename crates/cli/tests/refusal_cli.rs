@@ -182,4 +182,36 @@ fn refusal_run_eval_and_exports() {
     let o = c.output().unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("nope"));
+
+    // `chat --steer DIR:0` adds nothing, so its greedy reply equals plain chat's;
+    // `--ablate DIR` loads the same direction and answers.
+    let chat = |extra: &[&str]| -> String {
+        use std::io::Write;
+        let mut c = overseer();
+        c.args(["chat", "--max-tokens", "12", "--model"])
+            .arg(smollm2())
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().expect("overseer chat starts");
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(b"Name a colour.\n")
+            .expect("stdin accepts the message");
+        let o = child.wait_with_output().expect("overseer chat ends");
+        assert!(
+            o.status.success(),
+            "chat {extra:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let dir = out.to_str().expect("utf-8 temp path");
+    let plain = chat(&[]);
+    assert!(!plain.trim().is_empty());
+    assert_eq!(chat(&["--steer", &format!("{dir}:0")]), plain);
+    assert!(!chat(&["--ablate", dir]).trim().is_empty());
 }

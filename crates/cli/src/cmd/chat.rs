@@ -26,11 +26,67 @@ pub struct Args {
     /// System message for the conversation.
     #[arg(long)]
     pub system: Option<String>,
+    /// Steer with a refusal-lab run's direction: add COEF·r (default 1) at the run's
+    /// layer, at every position. DIR is a run folder or its direction.safetensors.
+    #[arg(long, value_name = "DIR[:COEF]")]
+    pub steer: Option<String>,
+    /// Ablate a refusal-lab run's direction: project it out of the residual stream at
+    /// every layer and position.
+    #[arg(long, value_name = "DIR")]
+    pub ablate: Option<PathBuf>,
+}
+
+/// `DIR[:COEF]`: a trailing `:number` is the coefficient, anything else is the path.
+fn parse_steer(spec: &str) -> Result<(PathBuf, f64)> {
+    if let Some((dir, coef)) = spec.rsplit_once(':')
+        && let Ok(c) = coef.parse::<f64>()
+    {
+        if !c.is_finite() {
+            anyhow::bail!("--steer coefficient must be a finite number, got '{coef}'");
+        }
+        return Ok((PathBuf::from(dir), c));
+    }
+    Ok((PathBuf::from(spec), 1.0))
+}
+
+/// The lab hooks asked for on the command line (empty when none).
+fn lab_hooks(model: &overseer_lm::Model, a: &Args) -> Result<overseer_lm::HookList> {
+    let mut hooks = overseer_lm::HookList::default();
+    let hidden = model.config().hidden;
+    let load = |dir: &std::path::Path| -> Result<overseer_lab::Direction> {
+        let d = overseer_lab::load_direction(dir)
+            .with_context(|| format!("cannot load a direction from {}", dir.display()))?;
+        if d.vector.len() != hidden {
+            anyhow::bail!(
+                "direction in {} has {} dimensions but the model's hidden size is {hidden}",
+                dir.display(),
+                d.vector.len()
+            );
+        }
+        Ok(d)
+    };
+    if let Some(spec) = &a.steer {
+        let (dir, coef) = parse_steer(spec)?;
+        let d = load(&dir)?;
+        hooks.0.push(Box::new(overseer_lab::steering_hook(
+            &d,
+            coef,
+            model.device(),
+        )?));
+    }
+    if let Some(dir) = &a.ablate {
+        let d = load(dir)?;
+        hooks
+            .0
+            .push(Box::new(overseer_lab::ablation_hook(&d, model.device())?));
+    }
+    Ok(hooks)
 }
 
 pub fn run(g: &Global, a: Args) -> Result<()> {
     let path = g.model_path(a.model.as_deref(), settings::QWEN_FILE)?;
     let model = load_model(g, &path)?;
+    let mut hooks = lab_hooks(&model, &a)?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!(
@@ -94,7 +150,11 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
             &mut session,
             fresh,
             &opts,
-            None,
+            if hooks.0.is_empty() {
+                None
+            } else {
+                Some(&mut hooks as &mut dyn overseer_lm::Hook)
+            },
             &mut |t| {
                 let _ = out.write_all(t.as_bytes());
                 let _ = out.flush();
