@@ -9,14 +9,17 @@ use overseer_index::{Embedder, Index, SearchRequest};
 use crate::retrieve::{Query, Retriever, Source};
 use crate::{Backend, Result};
 
-/// The literature index as a retriever.
+/// The literature index as a retriever. Takes an owned index or one shared with
+/// other users (the server shares one `Arc<Index>` between search and answers).
 pub struct IndexRetriever {
-    index: Index,
+    index: Arc<Index>,
 }
 
 impl IndexRetriever {
-    pub fn new(index: Index) -> Self {
-        Self { index }
+    pub fn new(index: impl Into<Arc<Index>>) -> Self {
+        Self {
+            index: index.into(),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use overseer_index::{Embedder, Filters, Index, IngestOptions, Mode, NoProgress, SearchRequest};
 use overseer_rag::{
-    Assistant, AssistantConfig, Backend, ChatRole, Completion, GenParams, Query, Retriever, Source,
+    Assistant, AssistantConfig, Backend, ChatRole, Completion, GenParams, IndexRetriever, Retriever,
 };
 use serde_json::Value;
 
@@ -87,7 +87,7 @@ impl IndexLibrary {
 
     /// The index as the assistant's retriever (same snapshot, same refreshes).
     pub fn retriever(&self) -> Arc<dyn Retriever> {
-        Arc::new(SharedRetriever(self.index.clone()))
+        Arc::new(IndexRetriever::new(self.index.clone()))
     }
 
     pub fn embedder(&self) -> Arc<dyn Embedder> {
@@ -220,38 +220,6 @@ impl Literature for IndexLibrary {
         Err(BackendError::Unavailable(
             "removing single documents is not supported by this index version".into(),
         ))
-    }
-}
-
-/// `Retriever` over the shared index (hybrid search, best passage per document).
-struct SharedRetriever(Arc<Index>);
-
-impl Retriever for SharedRetriever {
-    fn retrieve(&self, q: &Query<'_>) -> overseer_rag::Result<Vec<Source>> {
-        let mut req = SearchRequest::new(q.text, q.k);
-        if let Some(s) = q.source {
-            req.filters.source = vec![s.to_string()];
-        }
-        let hits = self.0.search(&req)?;
-        Ok(hits
-            .into_iter()
-            .map(|h| Source {
-                id: h.id,
-                title: h.title,
-                authors: h.authors,
-                date: h.date,
-                url: h.url.unwrap_or_default(),
-                source: h.source,
-                score: h.score,
-                passage: h.passage.text,
-                passage_start: h.passage.start,
-                passage_end: h.passage.end,
-            })
-            .collect())
-    }
-
-    fn document_count(&self) -> overseer_rag::Result<usize> {
-        Ok(self.0.stats()?.docs as usize)
     }
 }
 
