@@ -7,7 +7,9 @@
   generated), the top-2 logits (id, value) at each generated step, and at the final prompt
   position the top-50 logits plus summary numbers of the whole vector.
 * HF transformers loading the GGUF (dequantized to float32, torch on CPU): the
-  final-prompt-position top-50 logits and the same summary numbers.
+  final-prompt-position top-50 logits and the same summary numbers, and its own 32
+  greedy ids (argmax, end tokens not special) — an exact-arithmetic implementation, to
+  show how often two correct implementations' greedy paths agree on these prompts.
 
 Prompts go through the model's own chat template (HF `apply_chat_template`, which
 tests/tokenizer.rs shows our renderer reproduces).
@@ -117,6 +119,12 @@ def main():
             final, gen, steps = llama_cpp_run(path, prompt_ids)
             with torch.no_grad():
                 hf_final = hf(torch.tensor([prompt_ids])).logits[0, -1].float().numpy()
+                seq = list(prompt_ids)
+                hf_gen = []
+                for _ in range(N_GEN):
+                    nxt = int(hf(torch.tensor([seq])).logits[0, -1].float().numpy().argmax())
+                    hf_gen.append(nxt)
+                    seq.append(nxt)
             ll_ids, ll_vals = top(final, TOP)
             hf_ids, hf_vals = top(hf_final, TOP)
             diff = float(np.abs(final[ll_ids] - hf_final[ll_ids]).max())
@@ -134,6 +142,7 @@ def main():
                         "final_summary": summary(final),
                     },
                     "hf": {
+                        "generated": hf_gen,
                         "final_top_ids": hf_ids,
                         "final_top_values": hf_vals,
                         "final_summary": summary(hf_final),
@@ -142,6 +151,8 @@ def main():
                 }
             )
             gaps = [s[1] - s[3] for s in steps]
+            same = next((i for i, (a, b) in enumerate(zip(gen, hf_gen)) if a != b), None)
+            print(f"[{key}] hf greedy vs llama.cpp: {'all 32 equal' if same is None else f'diverge at step {same}'}")
             print(
                 f"[{key}] {len(prompt_ids)} prompt tokens; argmax ll={ll_ids[0]} hf={hf_ids[0]}; "
                 f"|ll-hf| over ll top-50 <= {diff:.4f}; min top-2 gap in generation {min(gaps):.4f}; "

@@ -314,6 +314,7 @@ impl QMatrix {
             }
             _ => {
                 let nb = k / 32;
+                let f16_sum = matches!(self.dtype, GgmlDType::Q4_1 | GgmlDType::Q5_1);
                 let mut q = vec![Q8Block::default(); m * nb];
                 let qp = SendPtr(q.as_mut_ptr().cast());
                 Pool::global().run(threads, nchunks, &|c| {
@@ -325,7 +326,7 @@ impl QMatrix {
                             rows.len() * nb,
                         )
                     };
-                    quant::quantize_q8(&x[rows.start * k..rows.end * k], qs);
+                    quant::quantize_q8(&x[rows.start * k..rows.end * k], qs, f16_sum);
                 });
                 let packed = if m >= 4 && level >= Level::Avx2 {
                     let mut p = Vec::new();

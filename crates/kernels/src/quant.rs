@@ -91,15 +91,23 @@ fn round_even(v: f32) -> f32 {
     (v + MAGIC) - MAGIC
 }
 
-/// Quantize `x` (a multiple of 32 long) to Q8_0/Q8_1-style blocks as llama.cpp's reference
-/// `quantize_row_q8_0` does: `d = max|x| / 127` rounded to f16, `q = round(x / d)`
-/// (ties to even, as its AVX2 version).
-pub(crate) fn quantize_q8(x: &[f32], out: &mut [Q8Block]) {
+/// Quantize `x` (a multiple of 32 long) to Q8_0/Q8_1-style blocks as llama.cpp's
+/// `quantize_row_q8_0`/`quantize_row_q8_1` do: `d = max|x| / 127` rounded to f16,
+/// `q = round(x * 127 / max|x|)` (ties to even, as its AVX2 version).
+///
+/// `s` depends on what the weights need. With `f16_sum` (the Q4_1/Q5_1 weights, whose
+/// activation type is llama.cpp's Q8_1) it is `d * sum(q)` rounded to f16, exactly as
+/// llama.cpp stores it; the offset term `m * s` then carries the same rounding as
+/// llama.cpp's, which keeps greedy decoding on its path (a 0.1% difference per matmul
+/// compounds over 30 layers into logit differences of 0.5). Without it (Q4_0/Q5_0,
+/// whose `-8 d`/`-16 d` offset the SIMD kernels fold into `s`), `s = d16 * sum(q)`,
+/// exact in f32, so those dot products equal llama.cpp's signed integer ones.
+pub(crate) fn quantize_q8(x: &[f32], out: &mut [Q8Block], f16_sum: bool) {
     debug_assert_eq!(x.len(), out.len() * 32);
     for (xb, y) in x.chunks_exact(32).zip(out.iter_mut()) {
         let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in y.qs.iter_mut().zip(xb) {
             let r = round_even(v * id) as i32;
@@ -108,7 +116,11 @@ pub(crate) fn quantize_q8(x: &[f32], out: &mut [Q8Block]) {
         }
         let d16 = f16::from_f32(d).to_f32();
         y.d = d16;
-        y.s = d16 * sum as f32;
+        y.s = if f16_sum {
+            f16::from_f32(d * sum as f32).to_f32()
+        } else {
+            d16 * sum as f32
+        };
     }
 }
 

@@ -8,11 +8,14 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::Device;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
+use memmap2::Mmap;
 use serde::Serialize;
 
 use crate::config::{Architecture, ModelConfig, meta_str};
@@ -154,6 +157,8 @@ pub(crate) struct GgufFile {
     pub file_size: u64,
     pub content: Content,
     reader: BufReader<File>,
+    /// The whole file mapped read-only, made on the first [`GgufFile::mapped`] call.
+    map: Option<Arc<Mmap>>,
 }
 
 impl GgufFile {
@@ -217,7 +222,65 @@ impl GgufFile {
             file_size,
             content,
             reader,
+            map: None,
         })
+    }
+
+    /// Tensor `name`'s format and raw bytes inside the memory-mapped file, for weights the
+    /// CPU kernels read in place: the model then holds each weight once, as page cache
+    /// shared with other processes, instead of a heap copy made from a read buffer (which
+    /// also briefly doubled the largest tensor at load time).
+    ///
+    /// Like llama.cpp's default `mmap`, this assumes the file is not modified while the
+    /// model is loaded. The byte range was checked against the file size at `open`.
+    ///
+    /// Errors: [`Error::MissingTensor`], [`Error::Corrupt`] (wrong shape), [`Error::Io`].
+    pub fn mapped(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<(GgmlDType, Arc<Mmap>, Range<usize>)> {
+        let Some(info) = self.content.tensor_infos.get(name) else {
+            return Err(Error::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+            });
+        };
+        if info.shape.dims() != shape {
+            return Err(Error::Corrupt {
+                path: self.path.clone(),
+                reason: format!(
+                    "tensor '{name}' has shape {:?}, expected {shape:?}",
+                    info.shape.dims()
+                ),
+            });
+        }
+        let (dtype, offset) = (info.ggml_dtype, info.offset);
+        let bytes = info.shape.elem_count() / dtype.block_size() * dtype.type_size();
+        let map = match &self.map {
+            Some(m) => Arc::clone(m),
+            None => {
+                // SAFETY: read-only mapping of a file we do not write; see the doc comment
+                // for the (llama.cpp-equivalent) assumption that nobody else does.
+                let m =
+                    unsafe { Mmap::map(self.reader.get_ref()) }.map_err(|source| Error::Io {
+                        path: self.path.clone(),
+                        source,
+                    })?;
+                let m = Arc::new(m);
+                self.map = Some(Arc::clone(&m));
+                m
+            }
+        };
+        let start = (self.content.tensor_data_offset + offset) as usize;
+        let range = start..start + bytes;
+        if range.end > map.len() {
+            return Err(Error::Corrupt {
+                path: self.path.clone(),
+                reason: format!("tensor '{name}' ends past the end of the file"),
+            });
+        }
+        Ok((dtype, map, range))
     }
 
     /// `general.architecture` as a supported family.

@@ -97,6 +97,33 @@ impl QLinear {
         })
     }
 
+    /// Wrap weight bytes of format `dtype` and shape `(out, in)` owned elsewhere (a
+    /// memory-mapped GGUF), for the CPU kernels. `None` when the kernels do not run this
+    /// format or shape; the caller then reads the tensor through candle.
+    ///
+    /// Errors: [`Error::InvalidArgument`] when the byte range does not fit the shape.
+    pub(crate) fn from_bytes<T: AsRef<[u8]> + Send + Sync + 'static>(
+        dtype: CandleType,
+        out_dim: usize,
+        in_dim: usize,
+        owner: Arc<T>,
+        range: std::ops::Range<usize>,
+    ) -> Result<Option<Self>> {
+        let Some(t) = kernel_type(dtype) else {
+            return Ok(None);
+        };
+        if !in_dim.is_multiple_of(t.block_size()) {
+            return Ok(None);
+        }
+        let bytes = Bytes::from_owner(owner, range).map_err(kernel_err)?;
+        let w = QMatrix::from_ggml(t, out_dim, in_dim, bytes).map_err(kernel_err)?;
+        Ok(Some(Self {
+            inner: Inner::Kernels(w),
+            out_dim,
+            in_dim,
+        }))
+    }
+
     /// `x Wᵀ` for `x` of shape `(..., in)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = match &self.inner {

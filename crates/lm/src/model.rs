@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::ops::{rms_norm, softmax_last_dim};
+use candle_nn::ops::softmax_last_dim;
 use candle_nn::rotary_emb::{rope, rope_i};
 
 use crate::config::{ModelConfig, meta_f64, meta_str};
@@ -123,8 +123,8 @@ pub struct Model {
     lm_head: Option<QLinear>,
     layers: Vec<Layer>,
     output_norm: Tensor,
-    /// RoPE inverse frequencies, `head_dim / 2` of them, scaling already applied.
-    inv_freq: Vec<f64>,
+    /// How RoPE angles are computed.
+    rope: Rope,
 }
 
 /// Read a norm or bias vector as f32 of length `n`.
@@ -140,6 +140,12 @@ fn linear(
     inp: usize,
     device: &Device,
 ) -> Result<QLinear> {
+    if device.is_cpu() {
+        let (dtype, map, range) = f.mapped(name, &[out, inp])?;
+        if let Some(l) = QLinear::from_bytes(dtype, out, inp, map, range)? {
+            return Ok(l);
+        }
+    }
     QLinear::new(f.tensor(name, Some(&[out, inp]), device)?)
 }
 
@@ -193,29 +199,29 @@ impl Model {
                 down: linear(&mut f, &format!("{p}.ffn_down.weight"), h, c.ffn, dev)?,
             });
         }
-        // RoPE frequencies: theta^(-2i/d), divided by per-frequency factors when the file
-        // has them (Llama 3's `rope_freqs.weight`), and by a linear scaling factor.
+        // RoPE angles as ggml computes them (so positions rotate exactly like llama.cpp's,
+        // whose greedy output the reference test compares with): in f32, the angle of
+        // pair `i` is `pos * s^i` with `s = theta^(-2/d)` built by repeated
+        // multiplication, divided by a per-frequency factor when the file has them
+        // (Llama 3's `rope_freqs.weight`), times a linear scaling factor.
         let a = arch.gguf_name();
-        let mut inv_freq: Vec<f64> = (0..hd / 2)
-            .map(|i| c.rope_theta.powf(-2.0 * i as f64 / hd as f64))
-            .collect();
+        let theta_scale = (c.rope_theta as f32).powf(-2.0 / hd as f32);
+        let mut freq_factors = vec![1f32; hd / 2];
         if f.has_tensor("rope_freqs.weight") {
-            let factors = f
+            freq_factors = f
                 .tensor("rope_freqs.weight", Some(&[hd / 2]), dev)?
                 .dequantize(&Device::Cpu)?
                 .to_dtype(DType::F32)?
                 .to_vec1::<f32>()?;
-            for (w, fac) in inv_freq.iter_mut().zip(factors) {
-                *w /= f64::from(fac);
-            }
         }
+        let mut freq_scale = 1f32;
         match meta_str(&f.content, &format!("{a}.rope.scaling.type")) {
             None | Some("none") => {}
             Some("linear") => {
                 if let Some(s) = meta_f64(&f.content, &format!("{a}.rope.scaling.factor"))
                     && s > 0.0
                 {
-                    inv_freq.iter_mut().for_each(|w| *w /= s);
+                    freq_scale = 1.0 / s as f32;
                 }
             }
             Some(other) => tracing::warn!(
@@ -223,6 +229,11 @@ impl Model {
                 path.display()
             ),
         }
+        let rope = Rope {
+            theta_scale,
+            freq_factors,
+            freq_scale,
+        };
         let tokenizer = Tokenizer::from_gguf(&f.content, path)?;
         let template = ChatTemplate::from_gguf(&f.content, &tokenizer)?;
         Ok(Model {
@@ -236,7 +247,7 @@ impl Model {
             lm_head,
             layers,
             output_norm,
-            inv_freq,
+            rope,
         })
     }
 
@@ -366,12 +377,7 @@ impl Model {
         let mut sin = Vec::with_capacity(b * seq * half);
         for &p in &pad {
             for abs in start..total {
-                let pos = abs.saturating_sub(p) as f64;
-                for &w in &self.inv_freq {
-                    let (sn, cs) = (pos * w).sin_cos();
-                    cos.push(cs as f32);
-                    sin.push(sn as f32);
-                }
+                self.rope.angles(abs.saturating_sub(p), &mut cos, &mut sin);
             }
         }
         let cos = Tensor::from_vec(cos, (b, seq, half), &self.device)?;
@@ -431,7 +437,13 @@ impl Model {
             } else {
                 (rope_i(&q, &cos, &sin)?, rope_i(&k, &cos, &sin)?)
             };
-            let (k, v) = s.caches[l].append(&k, &v)?;
+            // Attention at llama.cpp's precision (its default F16 KV cache, without flash
+            // attention): K and V are stored as f16, Q and the softmax probabilities are
+            // rounded to f16 for the two products, which accumulate in f32. Matching it
+            // keeps greedy decoding on llama.cpp's path; the loss against f32 is within
+            // what 8-bit activations already cost (see tests/reference.rs).
+            let (k, v) = s.caches[l].append(&round_f16(&k)?, &round_f16(&v)?)?;
+            let q = round_f16(&q)?;
             // Grouped-query attention without copying K/V: query head h uses KV head
             // h / n_rep, so (b, nh, seq, hd) regroups as (b, nkv, n_rep*seq, hd).
             let q = q.reshape((b, nkv, n_rep * seq, hd))?;
@@ -440,7 +452,7 @@ impl Model {
                 Some(m) => att.broadcast_add(m)?,
                 None => att,
             };
-            let att = softmax_last_dim(&att)?.reshape((b, nkv, n_rep * seq, total))?;
+            let att = round_f16(&softmax_last_dim(&att)?)?.reshape((b, nkv, n_rep * seq, total))?;
             let y = att
                 .matmul(&v)?
                 .reshape((b, nh, seq, hd))?
@@ -475,6 +487,54 @@ impl Model {
                 let last = x.narrow(1, x.dim(1)? - 1, 1)?.contiguous()?;
                 head.forward(&last)?.squeeze(1).map_err(Into::into)
             }
+        }
+    }
+}
+
+/// `t` rounded to f16 precision (kept as f32).
+fn round_f16(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_dtype(DType::F16)?.to_dtype(DType::F32)?)
+}
+
+/// RMSNorm `x / sqrt(mean(x²) + eps) * w` over the last dimension, on the CPU in
+/// ggml's order of operations (sum of squares in f64, then `x * (1/sqrt(mean + eps))`,
+/// then the weight), so that our activations round like llama.cpp's before they are
+/// quantized to 8 bits; elsewhere candle's kernel.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return Ok(candle_nn::ops::rms_norm(x, w, eps)?);
+    }
+    let dims = x.dims().to_vec();
+    let n = *dims.last().expect("activations have a hidden dimension");
+    let mut v = x.flatten_all()?.to_vec1::<f32>()?;
+    let w = w.to_vec1::<f32>()?;
+    for row in v.chunks_exact_mut(n) {
+        let sum: f64 = row.iter().map(|&a| f64::from(a * a)).sum();
+        let mean = (sum / n as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for (a, &g) in row.iter_mut().zip(&w) {
+            *a = (*a * scale) * g;
+        }
+    }
+    Ok(Tensor::from_vec(v, dims, x.device())?)
+}
+
+/// RoPE angle parameters (see `Model::load`).
+struct Rope {
+    theta_scale: f32,
+    freq_factors: Vec<f32>,
+    freq_scale: f32,
+}
+
+impl Rope {
+    /// Push the cosines and sines of position `pos`'s `head_dim / 2` angles.
+    fn angles(&self, pos: usize, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
+        let mut theta = pos as f32;
+        for &ff in &self.freq_factors {
+            let t = self.freq_scale * (theta / ff);
+            cos.push(t.cos());
+            sin.push(t.sin());
+            theta *= self.theta_scale;
         }
     }
 }
