@@ -20,7 +20,9 @@ use crate::{Error, Result};
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Worker threads for the matmul kernels (`None`: all cores).
+    /// Worker threads for the forward pass: the matmul kernels and candle's own
+    /// parallel ops run inside a pool of this many threads (`None`: rayon's global
+    /// pool, all cores).
     pub threads: Option<usize>,
     /// Where weights and activations live (CPU by default; CUDA with the `cuda` feature).
     pub device: Device,
@@ -125,6 +127,8 @@ pub struct Model {
     output_norm: Tensor,
     /// How RoPE angles are computed.
     rope: Rope,
+    /// The pool of `threads` workers every forward call runs in (`None`: the global one).
+    pool: Option<rayon::ThreadPool>,
 }
 
 /// Read a norm or bias vector as f32 of length `n`.
@@ -234,6 +238,18 @@ impl Model {
             freq_factors,
             freq_scale,
         };
+        let pool = match opts.threads {
+            Some(n) if opts.device.is_cpu() => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n.max(1))
+                    .thread_name(|i| format!("overseer-lm-{i}"))
+                    .build()
+                    .map_err(|e| {
+                        Error::InvalidArgument(format!("cannot start {n} threads: {e}"))
+                    })?,
+            ),
+            _ => None,
+        };
         let tokenizer = Tokenizer::from_gguf(&f.content, path)?;
         let template = ChatTemplate::from_gguf(&f.content, &tokenizer)?;
         Ok(Model {
@@ -248,6 +264,7 @@ impl Model {
             layers,
             output_norm,
             rope,
+            pool,
         })
     }
 
@@ -295,6 +312,11 @@ impl Model {
     /// unbatched run). Later calls must give every row the same number of tokens
     /// (usually 1).
     ///
+    /// A single row without hooks is fed in chunks of [`PREFILL_CHUNK`] tokens (as
+    /// llama.cpp feeds micro-batches), so memory for attention scores and MLP activations
+    /// stays bounded however long the prompt; the result is the same as one call. With
+    /// hooks the call is never split, so a hook sees every position at once.
+    ///
     /// Errors: [`Error::InvalidArgument`] (wrong number of rows, empty row, ragged later
     /// call, token id out of range), [`Error::ContextOverflow`], [`Error::Hook`],
     /// [`Error::Candle`]. On error the session is left as it was before the call.
@@ -305,11 +327,55 @@ impl Model {
         o: ForwardOptions<'_>,
     ) -> Result<Tensor> {
         let (old_len, old_pad) = (s.len, s.pad.clone());
-        let r = self.forward_inner(s, tokens, o);
+        let r = match &self.pool {
+            Some(pool) => pool.install(|| self.forward_chunked(s, tokens, o)),
+            None => self.forward_chunked(s, tokens, o),
+        };
         if r.is_err() {
             s.rollback(old_len, old_pad);
         }
         r
+    }
+
+    /// [`Model::forward`] for one row split into chunks; anything else in one call.
+    fn forward_chunked(
+        &self,
+        s: &mut Session,
+        tokens: &[Vec<u32>],
+        o: ForwardOptions<'_>,
+    ) -> Result<Tensor> {
+        let [row] = tokens else {
+            return self.forward_inner(s, tokens, o);
+        };
+        if o.hooks.is_some() || row.len() <= PREFILL_CHUNK {
+            return self.forward_inner(s, tokens, o);
+        }
+        let mut parts = Vec::new();
+        let n = row.len().div_ceil(PREFILL_CHUNK);
+        for (i, chunk) in row.chunks(PREFILL_CHUNK).enumerate() {
+            let last = i + 1 == n;
+            let logits = match o.logits {
+                Logits::All => Logits::All,
+                _ if last => o.logits,
+                _ => Logits::None,
+            };
+            let out = self.forward_inner(
+                s,
+                &[chunk.to_vec()],
+                ForwardOptions {
+                    hooks: None,
+                    logits,
+                },
+            )?;
+            if o.logits == Logits::All || last {
+                parts.push(out);
+            }
+        }
+        if parts.len() == 1 {
+            Ok(parts.pop().expect("one part"))
+        } else {
+            Ok(Tensor::cat(&parts, 1)?)
+        }
     }
 
     fn forward_inner(
@@ -447,17 +513,27 @@ impl Model {
             // Grouped-query attention without copying K/V: query head h uses KV head
             // h / n_rep, so (b, nh, seq, hd) regroups as (b, nkv, n_rep*seq, hd).
             let q = q.reshape((b, nkv, n_rep * seq, hd))?;
-            let att = (q.matmul(&k.t()?)? * scale)?.reshape((b, nh, seq, total))?;
-            let att = match &mask {
-                Some(m) => att.broadcast_add(m)?,
-                None => att,
+            // The (b, nh, seq, total) score tensors are the largest of the pass: each is
+            // dropped as soon as the next exists, to keep peak memory low.
+            let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, nh, seq, total))?;
+            let scores = match &mask {
+                Some(m) => {
+                    let masked = scores.broadcast_add(m)?;
+                    drop(scores);
+                    masked
+                }
+                None => scores,
             };
-            let att = round_f16(&softmax_last_dim(&att)?)?.reshape((b, nkv, n_rep * seq, total))?;
+            let probs = softmax_last_dim(&scores)?;
+            drop(scores);
+            let att = round_f16(&probs)?.reshape((b, nkv, n_rep * seq, total))?;
+            drop(probs);
             let y = att
                 .matmul(&v)?
                 .reshape((b, nh, seq, hd))?
                 .transpose(1, 2)?
                 .reshape((b, seq, nh * hd))?;
+            drop(att);
             let attn_out = layer.o.forward(&y)?;
             let attn_out = apply_hook(&mut hooks, HookPoint::AttnOut(l), attn_out, &cx)?;
             x = (x + attn_out)?;
@@ -490,6 +566,9 @@ impl Model {
         }
     }
 }
+
+/// Longest piece of a single-row prompt fed in one forward step (see [`Model::forward`]).
+pub const PREFILL_CHUNK: usize = 128;
 
 /// `t` rounded to f16 precision (kept as f32).
 fn round_f16(t: &Tensor) -> Result<Tensor> {

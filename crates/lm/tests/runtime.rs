@@ -103,6 +103,62 @@ fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
     }
 }
 
+/// A prompt longer than `PREFILL_CHUNK` is fed in chunks; the logits (all positions and
+/// the last) equal one unsplit pass, which a hook forces.
+#[test]
+fn chunked_prefill_equals_one_pass() {
+    let m = smollm();
+    let mut toks = chat(
+        m,
+        "Summarise the plot of a long novel about a lighthouse keeper.",
+    );
+    while toks.len() <= 2 * overseer_lm::PREFILL_CHUNK + 10 {
+        toks.extend_from_within(..toks.len().min(40));
+    }
+    // An empty hook list wants nothing but keeps the call in one piece.
+    let mut none = HookList::default();
+    let mut s = m.session(1);
+    let whole = m
+        .forward(
+            &mut s,
+            std::slice::from_ref(&toks),
+            ForwardOptions::default()
+                .logits(Logits::All)
+                .with_hooks(Some(&mut none)),
+        )
+        .expect("one pass");
+    let mut s2 = m.session(1);
+    let chunked = m
+        .forward(
+            &mut s2,
+            std::slice::from_ref(&toks),
+            ForwardOptions::default().logits(Logits::All),
+        )
+        .expect("chunked");
+    assert_eq!(chunked.dims(), whole.dims());
+    assert_eq!(s2.len(), toks.len());
+    for i in [0, overseer_lm::PREFILL_CHUNK, toks.len() - 1] {
+        let (a, b) = (
+            chunked.narrow(1, i, 1).expect("slice"),
+            whole.narrow(1, i, 1).expect("slice"),
+        );
+        assert_close(&a, &b, &format!("position {i}"));
+    }
+    let mut s3 = m.session(1);
+    let last = m
+        .forward(
+            &mut s3,
+            std::slice::from_ref(&toks),
+            ForwardOptions::default(),
+        )
+        .expect("last");
+    let want = whole
+        .narrow(1, toks.len() - 1, 1)
+        .and_then(|t| t.squeeze(1))
+        .expect("slice");
+    assert_close(&last, &want, "last position");
+}
+
 /// Each row of a left-padded batch gives the logits of its unbatched run, in prefill and
 /// in the decode steps after it.
 fn batched_rows_match_unbatched(model: &Model) {

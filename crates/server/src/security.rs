@@ -161,12 +161,15 @@ pub(crate) async fn rate_limit(
 }
 
 /// A document id may be looked up only if it cannot name anything outside the index:
-/// no path separators, no `..`, no control characters, bounded length.
+/// no `..`, no backslash, no leading `/`, no control characters, bounded length. Ids are
+/// only ever keys in the index (never file paths), and documents ingested from folders
+/// have path-like ids (`notes/agenda.md`), so an inner `/` (sent as `%2F`) is allowed.
 pub(crate) fn safe_document_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 512
         && !id.contains("..")
-        && !id.contains(['/', '\\'])
+        && !id.starts_with('/')
+        && !id.contains('\\')
         && !id.chars().any(char::is_control)
 }
 
@@ -228,7 +231,8 @@ mod tests {
             "",
             "..",
             "../x",
-            "a/b",
+            "a/../b",
+            "/etc/passwd",
             "a\\b",
             "x\0",
             "..%2f",
@@ -236,7 +240,12 @@ mod tests {
         ] {
             assert!(!safe_document_id(bad), "{bad:?}");
         }
-        for good in ["3f2a9c", "arxiv:2401.0001", "lesswrong_abc-def"] {
+        for good in [
+            "3f2a9c",
+            "arxiv:2401.0001",
+            "lesswrong_abc-def",
+            "notes/agenda.md",
+        ] {
             assert!(safe_document_id(good), "{good:?}");
         }
         for bad in ["", ".hidden", "a/b", "../run", "r u n", "run%2F"] {
