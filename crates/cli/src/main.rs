@@ -34,6 +34,8 @@ enum Command {
     Ingest(cmd::ingest::Args),
     /// Search the literature index.
     Search(cmd::search::Args),
+    /// Remove documents from the literature index by id.
+    Remove(cmd::remove::Args),
     /// Ask a question answered from the literature, with citations.
     Ask(cmd::ask::Args),
     /// Evaluations: retrieval quality and answer grounding.
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => cmd::bench::run(&cli.global, a),
         Command::Ingest(a) => cmd::ingest::run(&cli.global, a),
         Command::Search(a) => cmd::search::run(&cli.global, a),
+        Command::Remove(a) => cmd::remove::run(&cli.global, a),
         Command::Ask(a) => cmd::ask::run(&cli.global, a),
         Command::Eval(c) => cmd::eval::run(&cli.global, c),
         Command::Refusal(c) => cmd::refusal::run(&cli.global, c),

@@ -2,6 +2,11 @@
 //! commit a new generation atomically (see `store` for the protocol). One ingest at
 //! a time per data directory (an OS file lock); searches keep reading the previous
 //! generation until the commit lands.
+//!
+//! [`remove_documents`] goes through the same writer and the same commit: it drops
+//! documents from the catalog, deletes their chunks from tantivy and clears their rows
+//! in the next generation's alive bitmap (vectors and HNSW nodes stay on disk as
+//! tombstones that every search path skips), exactly as `--prune` does.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -129,7 +134,10 @@ struct Pending {
 
 struct Writer<'a> {
     dir: PathBuf,
-    embedder: &'a dyn Embedder,
+    /// `None` for a writer that only removes (it never embeds nor hashes documents).
+    embedder: Option<&'a dyn Embedder>,
+    /// Vector dimension of the index (from `index.json`).
+    dim: usize,
     opts: &'a IngestOptions,
     fields: Fields,
     writer: IndexWriter,
@@ -165,27 +173,11 @@ pub fn ingest(
     let t0 = Instant::now();
     let dir = store::index_dir(data_dir);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
-    let lock_path = dir.join(store::LOCK);
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| Error::io("open", &lock_path, e))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(Error::Locked {
-                dir: data_dir.to_path_buf(),
-                lock: lock_path,
-            });
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
-    }
+    let lock = lock_index(data_dir, &dir)?;
     if opts.reset {
         wipe(&dir)?;
     }
-    let mut w = Writer::open(&dir, embedder.as_ref(), opts)?;
+    let mut w = Writer::open(&dir, Some(embedder.as_ref()), opts)?;
 
     let mut expand_failures = Vec::new();
     let roots = source::expand(paths, &mut expand_failures);
@@ -251,6 +243,95 @@ pub fn ingest(
     Ok(s)
 }
 
+/// Take the writer lock of the index folder `dir` (inside `data_dir`), without waiting.
+///
+/// Errors: `Locked` when another ingest or removal holds it, I/O.
+fn lock_index(data_dir: &Path, dir: &Path) -> Result<std::fs::File> {
+    let lock_path = dir.join(store::LOCK);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io("open", &lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
+            dir: data_dir.to_path_buf(),
+            lock: lock_path,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &lock_path, e)),
+    }
+}
+
+/// One removed document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedDoc {
+    pub id: String,
+    /// Chunks it had (now gone from BM25 and dense results).
+    pub chunks: u32,
+}
+
+/// What [`remove_documents`] did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RemoveSummary {
+    /// Documents removed, in the order asked.
+    pub removed: Vec<RemovedDoc>,
+    /// Ids asked for that no live document has (nothing was done for them).
+    pub not_found: Vec<String>,
+    /// Live documents and chunks afterwards.
+    pub docs: u64,
+    pub chunks: u64,
+    /// The committed generation afterwards (unchanged when nothing was removed).
+    pub generation: u64,
+}
+
+/// Remove the documents `ids` from the index in `data_dir`, in one atomic commit
+/// (the same writer, lock and commit protocol as [`ingest`]; the same path as
+/// `--prune`). Searches that hold the previous generation keep working and still see
+/// the documents until they refresh; a crash before the commit point leaves the
+/// previous generation intact. Unknown ids (and any id when there is no index yet)
+/// are listed in [`RemoveSummary::not_found`]; when no id is known nothing is written.
+/// Repeated ids count once. Re-ingesting a removed document adds it back.
+///
+/// Needs no embedding model. Errors: `Locked` (an ingest or removal is running),
+/// `IncompatibleVersion`, `Corrupt`, I/O.
+pub fn remove_documents<S: AsRef<str>>(data_dir: &Path, ids: &[S]) -> Result<RemoveSummary> {
+    let dir = store::index_dir(data_dir);
+    let mut out = RemoveSummary::default();
+    let mut asked: Vec<&str> = Vec::with_capacity(ids.len());
+    for id in ids {
+        if !asked.contains(&id.as_ref()) {
+            asked.push(id.as_ref());
+        }
+    }
+    // No index at all: nothing to remove, and nothing to create.
+    if !dir.is_dir() || store::read_info(&dir)?.is_none() {
+        out.not_found = asked.iter().map(|s| s.to_string()).collect();
+        return Ok(out);
+    }
+    let lock = lock_index(data_dir, &dir)?;
+    let opts = IngestOptions::default();
+    let mut w = Writer::open(&dir, None, &opts)?;
+    for id in asked {
+        match w.remove_doc(id) {
+            Some(e) => out.removed.push(RemovedDoc {
+                id: id.to_string(),
+                chunks: e.n_chunks,
+            }),
+            None => out.not_found.push(id.to_string()),
+        }
+    }
+    if w.dirty {
+        w.commit()?;
+    }
+    out.docs = w.catalog.len() as u64;
+    out.chunks = w.alive.iter().map(|x| u64::from(x.count_ones())).sum();
+    out.generation = w.manifest.generation;
+    drop(lock);
+    Ok(out)
+}
+
 /// Remove `/index` contents except the lock file.
 fn wipe(dir: &Path) -> Result<()> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
@@ -291,10 +372,17 @@ fn collect_garbage(dir: &Path, keep: u64) {
 }
 
 impl<'a> Writer<'a> {
-    fn open(dir: &Path, embedder: &'a dyn Embedder, opts: &'a IngestOptions) -> Result<Self> {
+    /// Open the writer of the index in `dir`, creating the index when there is none.
+    /// Without an `embedder` the writer can only remove documents, and the index must
+    /// exist already.
+    fn open(
+        dir: &Path,
+        embedder: Option<&'a dyn Embedder>,
+        opts: &'a IngestOptions,
+    ) -> Result<Self> {
         let tdir = dir.join(store::TANTIVY);
-        let info = match store::read_info(dir)? {
-            Some(info) => {
+        let info = match (store::read_info(dir)?, embedder) {
+            (Some(info), Some(embedder)) => {
                 if info.embedder != embedder.name() || info.dim != embedder.dim() {
                     return Err(Error::EmbedderMismatch {
                         dir: dir.to_path_buf(),
@@ -304,7 +392,14 @@ impl<'a> Writer<'a> {
                 }
                 info
             }
-            None => {
+            (Some(info), None) => info,
+            (None, None) => {
+                return Err(Error::InvalidArgument(format!(
+                    "there is no index in {} yet",
+                    dir.display()
+                )));
+            }
+            (None, Some(embedder)) => {
                 // Fresh index (or a creation that was interrupted): start clean.
                 wipe(dir)?;
                 std::fs::create_dir_all(&tdir).map_err(|e| Error::io("create", &tdir, e))?;
@@ -372,6 +467,7 @@ impl<'a> Writer<'a> {
         Ok(Self {
             dir: dir.to_path_buf(),
             embedder,
+            dim: info.dim,
             opts,
             fields,
             writer,
@@ -390,6 +486,13 @@ impl<'a> Writer<'a> {
             dirty: false,
             seen: HashMap::new(),
             summary: IngestSummary::default(),
+        })
+    }
+
+    /// The embedder of an ingesting writer.
+    fn embedder(&self) -> Result<&'a dyn Embedder> {
+        self.embedder.ok_or_else(|| {
+            Error::InvalidArgument("this index writer was opened without an embedder".into())
         })
     }
 
@@ -416,7 +519,7 @@ impl<'a> Writer<'a> {
             return Ok(());
         }
         self.seen.insert(doc.meta.id.clone(), doc.location.clone());
-        let hash = doc_hash(&doc, &self.opts.chunk, self.embedder.name());
+        let hash = doc_hash(&doc, &self.opts.chunk, self.embedder()?.name());
         if let Some(e) = self.catalog.get_mut(&doc.meta.id)
             && e.hash == hash
         {
@@ -436,10 +539,19 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    fn remove_rows(&mut self, e: &CatalogEntry) {
+    /// Drop document `id` from the next generation: out of the catalog, its chunks
+    /// deleted from tantivy and cleared in the alive bitmap (their vector rows and HNSW
+    /// nodes stay as tombstones that searches skip). `None` when no live document has
+    /// this id. Shared by updates, `--prune` and [`remove_documents`].
+    fn remove_doc(&mut self, id: &str) -> Option<CatalogEntry> {
+        let e = self.catalog.remove(id)?;
+        self.writer
+            .delete_term(Term::from_field_text(self.fields.doc_id, id));
         for r in e.first_row..e.first_row + u64::from(e.n_chunks) {
             store::bit_set(&mut self.alive, r as usize, false);
         }
+        self.dirty = true;
+        Some(e)
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -448,7 +560,7 @@ impl<'a> Writer<'a> {
         }
         let batch = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
-        let embedder = self.embedder;
+        let embedder = self.embedder()?;
         let copts = self.opts.chunk;
         let chunked: Vec<Result<Vec<Chunk>>> = batch
             .par_iter()
@@ -477,7 +589,7 @@ impl<'a> Writer<'a> {
         let mut vecs: Vec<Vec<f32>> = Vec::with_capacity(inputs.len());
         for group in inputs.chunks(self.opts.embed_batch.max(1)) {
             let refs: Vec<&str> = group.iter().map(String::as_str).collect();
-            let out = self.embedder.embed(&refs)?;
+            let out = embedder.embed(&refs)?;
             if out.len() != refs.len() {
                 return Err(Error::Embedding(format!(
                     "embedder returned {} vectors for {} texts",
@@ -487,7 +599,7 @@ impl<'a> Writer<'a> {
             }
             vecs.extend(out);
         }
-        let dim = self.embedder.dim();
+        let dim = self.dim;
         if let Some(v) = vecs.iter().find(|v| v.len() != dim) {
             return Err(Error::Embedding(format!(
                 "embedder returned {} dims, expected {dim}",
@@ -497,10 +609,7 @@ impl<'a> Writer<'a> {
         let mut vi = vecs.into_iter();
         for (p, chunks) in docs {
             let id = p.doc.meta.id.clone();
-            if let Some(old) = self.catalog.get(&id).cloned() {
-                self.writer
-                    .delete_term(Term::from_field_text(self.fields.doc_id, &id));
-                self.remove_rows(&old);
+            if self.remove_doc(&id).is_some() {
                 self.summary.updated += 1;
             } else {
                 self.summary.added += 1;
@@ -579,12 +688,8 @@ impl<'a> Writer<'a> {
             .map(|(id, _)| id.clone())
             .collect();
         for id in gone {
-            if let Some(e) = self.catalog.remove(&id) {
-                self.writer
-                    .delete_term(Term::from_field_text(self.fields.doc_id, &id));
-                self.remove_rows(&e);
+            if self.remove_doc(&id).is_some() {
                 self.summary.removed += 1;
-                self.dirty = true;
             }
         }
     }
@@ -613,8 +718,10 @@ impl<'a> Writer<'a> {
         store::write_atomic(&self.dir.join(store::catalog_name(g)), &cat)?;
         let live_chunks: u64 = self.alive.iter().map(|x| u64::from(x.count_ones())).sum();
         let mut hnsw_on = false;
-        if rows >= self.opts.hnsw_min_rows && rows > 0 {
-            let dim = self.embedder.dim();
+        // Once built, the graph is kept (a removal or a smaller threshold does not
+        // throw it away); it is extended with the rows appended since.
+        if rows > 0 && (rows >= self.opts.hnsw_min_rows || self.manifest.hnsw) {
+            let dim = self.dim;
             let mut h = match self.hnsw.take() {
                 Some(h) => h,
                 None if self.manifest.hnsw => {
@@ -798,6 +905,180 @@ mod tests {
         assert_eq!(gens.len(), 2, "{gens:?}");
     }
 
+    fn ids(hits: &[crate::SearchHit]) -> Vec<&str> {
+        hits.iter().map(|h| h.id.as_str()).collect()
+    }
+
+    fn three_docs(dir: &Path) -> PathBuf {
+        jsonl(
+            dir,
+            "c.jsonl",
+            &[
+                rec(
+                    "a",
+                    "Reward hacking",
+                    "Agents exploit misspecified reward functions in games.",
+                    "",
+                ),
+                rec(
+                    "bb",
+                    "Interpretability",
+                    "Circuits in vision models reveal curve detectors.",
+                    "",
+                ),
+                rec(
+                    "ccc",
+                    "Corrigibility",
+                    "An agent that accepts shutdown and correction.",
+                    "",
+                ),
+            ],
+        )
+    }
+
+    #[test]
+    fn remove_documents_from_every_retriever_and_reingest_restores() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let data = tmp.path().join("data");
+        let f = three_docs(tmp.path());
+        let opts = IngestOptions::default();
+        let s = ingest(&data, std::slice::from_ref(&f), emb(), &opts, &NoProgress).expect("ingest");
+        let idx = Index::open(&data, emb()).expect("open");
+        let query = |idx: &Index, q: &str, mode: Mode| {
+            let mut r = SearchRequest::new(q, 10);
+            r.mode = mode;
+            idx.search(&r).expect("search")
+        };
+        for mode in Mode::ALL {
+            assert_eq!(
+                query(&idx, "shutdown correction", mode)[0].id,
+                "ccc",
+                "{mode:?}"
+            );
+        }
+
+        let r = remove_documents(&data, &["ccc", "nope", "ccc"]).expect("remove");
+        assert_eq!(
+            r.removed,
+            vec![RemovedDoc {
+                id: "ccc".into(),
+                chunks: 1
+            }]
+        );
+        assert_eq!(r.not_found, vec!["nope".to_string()]);
+        assert_eq!((r.docs, r.chunks), (2, 2));
+        assert_eq!(r.generation, s.generation + 1);
+
+        // A reader on the previous generation keeps working and still sees it.
+        assert_eq!(
+            query(&idx, "shutdown correction", Mode::Hybrid)[0].id,
+            "ccc"
+        );
+        assert!(idx.document("ccc").expect("doc").is_some());
+        assert!(idx.refresh().expect("refresh"));
+        for mode in Mode::ALL {
+            let hits = query(&idx, "shutdown correction agent", mode);
+            assert!(!ids(&hits).contains(&"ccc"), "{mode:?}: {:?}", ids(&hits));
+            // The others are untouched.
+            assert_eq!(
+                query(&idx, "misspecified reward games", mode)[0].id,
+                "a",
+                "{mode:?}"
+            );
+            let mut r = SearchRequest::new("shutdown correction", 10);
+            r.mode = mode;
+            r.chunk_level = true;
+            let hits = idx.search(&r).expect("search");
+            assert!(!ids(&hits).contains(&"ccc"), "{mode:?} chunks");
+        }
+        assert!(idx.document("ccc").expect("doc").is_none());
+        let bb = idx.document("bb").expect("doc").expect("bb still there");
+        assert!(bb.chunks[0].text.contains("curve detectors"));
+        let st = idx.stats().expect("stats");
+        assert_eq!((st.docs, st.chunks), (2, 2));
+        // Durable: a fresh open sees the same.
+        let fresh = Index::open(&data, emb()).expect("open");
+        assert!(fresh.document("ccc").expect("doc").is_none());
+        assert_eq!(fresh.stats().expect("stats").docs, 2);
+
+        // Unknown ids only: reported, nothing committed.
+        let again = remove_documents(&data, &["ccc"]).expect("remove");
+        assert!(again.removed.is_empty());
+        assert_eq!(again.not_found, vec!["ccc".to_string()]);
+        assert_eq!(again.generation, r.generation);
+
+        // Re-ingesting the unchanged source brings it back (and only it).
+        let s2 =
+            ingest(&data, std::slice::from_ref(&f), emb(), &opts, &NoProgress).expect("ingest");
+        assert_eq!((s2.added, s2.updated, s2.skipped), (1, 0, 2));
+        assert!(idx.refresh().expect("refresh"));
+        for mode in Mode::ALL {
+            let hits = query(&idx, "shutdown correction", mode);
+            assert_eq!(hits[0].id, "ccc", "{mode:?}");
+            assert_eq!(ids(&hits).iter().filter(|i| **i == "ccc").count(), 1);
+        }
+        assert_eq!(idx.stats().expect("stats").docs, 3);
+    }
+
+    #[test]
+    fn remove_from_a_missing_index_creates_nothing() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let data = tmp.path().join("data");
+        let r = remove_documents(&data, &["x", "y"]).expect("remove");
+        assert!(r.removed.is_empty());
+        assert_eq!(r.not_found, vec!["x".to_string(), "y".to_string()]);
+        assert_eq!(r.generation, 0);
+        assert!(!data.exists());
+    }
+
+    #[test]
+    fn remove_respects_the_lock_and_an_uncommitted_removal_changes_nothing() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let data = tmp.path().join("data");
+        let f = three_docs(tmp.path());
+        let s = ingest(
+            &data,
+            std::slice::from_ref(&f),
+            emb(),
+            &IngestOptions::default(),
+            &NoProgress,
+        )
+        .expect("ingest");
+        let dir = store::index_dir(&data);
+        let lock = std::fs::File::open(dir.join(store::LOCK)).expect("lock file");
+        lock.lock().expect("take lock");
+        let e = remove_documents(&data, &["a"]).unwrap_err();
+        assert!(matches!(e, Error::Locked { .. }), "{e}");
+        lock.unlock().expect("unlock");
+
+        // A removal that dies before its commit point: deletes queued in tantivy,
+        // half-written files of the next generation and a longer alive file on disk.
+        {
+            let opts = IngestOptions::default();
+            let mut w = Writer::open(&dir, None, &opts).expect("writer");
+            assert!(w.remove_doc("a").is_some());
+            let g = s.generation + 1;
+            std::fs::write(dir.join(store::alive_name(g)), b"\x00garbage").expect("w");
+            std::fs::write(dir.join(store::catalog_name(g)), b"{trunc").expect("w");
+            // dropped without commit
+        }
+        let idx = Index::open(&data, emb()).expect("open");
+        assert!(idx.document("a").expect("doc").is_some());
+        assert_eq!(idx.stats().expect("stats").generation, s.generation);
+        assert_eq!(
+            idx.search(&SearchRequest::new("misspecified reward", 3))
+                .expect("s")[0]
+                .id,
+            "a"
+        );
+        // Re-running completes the work.
+        let r = remove_documents(&data, &["a"]).expect("remove");
+        assert_eq!(r.removed.len(), 1);
+        assert!(idx.refresh().expect("refresh"));
+        assert!(idx.document("a").expect("doc").is_none());
+        assert_eq!(idx.stats().expect("stats").docs, 2);
+    }
+
     #[test]
     fn files_markdown_html_pdf_text() {
         let tmp = tempfile::tempdir().expect("tmp");
@@ -950,5 +1231,23 @@ mod tests {
         r.k = 3;
         let got = idx.search(&r).expect("s");
         assert_eq!(got[0].id, "d277");
+
+        // Removal (with default options, i.e. a far higher HNSW threshold) keeps the
+        // graph, and the removed rows never come back from it.
+        let rm = remove_documents(&data, &["d277", "d3"]).expect("remove");
+        assert_eq!(rm.removed.len(), 2);
+        assert!(idx.refresh().expect("refresh"));
+        let st = idx.stats().expect("stats");
+        assert!(st.hnsw && st.chunks == 298, "{st:?}");
+        let got = idx.search(&r).expect("s");
+        assert!(got.iter().all(|h| h.id != "d277"), "{:?}", ids(&got));
+        r.k = 300;
+        let all = idx.search(&r).expect("s");
+        assert!(
+            all.iter().all(|h| h.id != "d277" && h.id != "d3"),
+            "{:?}",
+            ids(&all)
+        );
+        assert!(all.len() >= 200, "{}", all.len());
     }
 }

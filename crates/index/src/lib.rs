@@ -1,8 +1,8 @@
 //! `overseer-index`: literature ingestion, chunking, embeddings, BM25 + dense search
 //! and fusion, in one crash-safe data directory.
 //!
-//! Ingest with [`ingest`], search with [`Index`]; [`eval`] scores retrieval on BEIR
-//! files. Embedding models plug in through the [`Embedder`] trait.
+//! Ingest with [`ingest`], remove documents with [`remove_documents`], search with
+//! [`Index`]; [`eval`] scores retrieval on BEIR files. Embedding models plug in through the [`Embedder`] trait.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -25,10 +25,13 @@ pub use embed::{Embedder, MiniLm};
 pub use error::{Error, Result};
 pub use fusion::{DEFAULT_ALPHA, DEFAULT_RRF_K, Fusion};
 pub use hnsw::{Hnsw, HnswParams};
-pub use ingest::{IngestOptions, IngestSummary, NoProgress, Progress, ingest};
+pub use ingest::{
+    IngestOptions, IngestSummary, NoProgress, Progress, RemoveSummary, RemovedDoc, ingest,
+    remove_documents,
+};
 pub use search::{
     DEFAULT_DEPTH, Document, Filters, Index, IndexStats, MAX_K, MAX_QUERY_CHARS, Mode, Passage,
-    SearchHit, SearchRequest, highlight_spans, truncate_query,
+    SearchHit, SearchRequest, StageTimes, highlight_spans, truncate_query,
 };
 pub use source::{DocMeta, Failure};
 pub use vectors::Scored;

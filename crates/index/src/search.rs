@@ -208,12 +208,49 @@ pub struct IndexStats {
     pub hnsw: bool,
 }
 
+/// Wall time of each stage of one search, in microseconds ([`Index::search_timed`]);
+/// a stage the search did not run is 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    /// Query truncation, filter parsing, snapshot access.
+    pub setup_us: f64,
+    /// Tantivy BM25 top-`depth` chunks.
+    pub bm25_us: f64,
+    /// Rows allowed by the filters (dense and hybrid with filters only).
+    pub filter_us: f64,
+    /// Embedding the query.
+    pub embed_us: f64,
+    /// Exact or HNSW vector search.
+    pub dense_us: f64,
+    /// Fusion and document-level aggregation.
+    pub fusion_us: f64,
+    /// Reading passages and document records of the hits.
+    pub assemble_us: f64,
+}
+
 /// Cut `query` to at most [`MAX_QUERY_CHARS`] characters; `true` when it was cut.
 pub fn truncate_query(query: &str) -> (&str, bool) {
     match query.char_indices().nth(MAX_QUERY_CHARS) {
         Some((b, _)) => (&query[..b], true),
         None => (query, false),
     }
+}
+
+/// The fields of a stored document record that a search hit shows (the record is a
+/// [`StoredDoc`]: its `DocMeta` fields at top level, plus extra metadata not read here).
+#[derive(Deserialize)]
+struct HitMeta {
+    id: String,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    authors: Vec<String>,
+    #[serde(default)]
+    date: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    source: String,
 }
 
 /// A consistent view of one committed generation.
@@ -299,6 +336,12 @@ impl Snapshot {
     }
 
     pub fn doc(&self, doc: u32) -> Result<StoredDoc> {
+        self.doc_as(doc)
+    }
+
+    /// The stored record of document `doc`, read into `T` (fields `T` lacks are skipped
+    /// unparsed: search hits read only [`HitMeta`], not the record's extra metadata).
+    fn doc_as<T: serde::de::DeserializeOwned>(&self, doc: u32) -> Result<T> {
         let rec = *self
             .doc_recs()
             .get(doc as usize)
@@ -592,6 +635,20 @@ impl Index {
     ///
     /// Errors: `InvalidArgument` (bad date), embedder and I/O failures.
     pub fn search(&self, req: &SearchRequest) -> Result<Vec<SearchHit>> {
+        self.search_timed(req).map(|(hits, _)| hits)
+    }
+
+    /// [`Index::search`], also returning how long each stage took (for benchmarks;
+    /// `examples/search_latency.rs`).
+    pub fn search_timed(&self, req: &SearchRequest) -> Result<(Vec<SearchHit>, StageTimes)> {
+        let mut times = StageTimes::default();
+        let mut clock = std::time::Instant::now();
+        let mut lap = || {
+            let now = std::time::Instant::now();
+            let us = (now - clock).as_secs_f64() * 1e6;
+            clock = now;
+            us
+        };
         let k = req.k.min(MAX_K);
         let (query, cut) = truncate_query(&req.query);
         if cut {
@@ -604,10 +661,10 @@ impl Index {
             self.current()
         };
         let Some(s) = filter else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), times));
         };
         if k == 0 || query.trim().is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), times));
         }
         let filter_q = bm25::filter_query(&s.fields, &req.filters)?;
         let n = if req.chunk_level {
@@ -616,21 +673,25 @@ impl Index {
             (4 * k).max(req.depth)
         }
         .max(1);
+        times.setup_us = lap();
         let bm = if req.mode != Mode::Dense {
             s.bm25(query, filter_q.as_ref().map(|q| q.box_clone()), n)?
         } else {
             Vec::new()
         };
+        times.bm25_us = lap();
         let de = if req.mode != Mode::Bm25 {
             let allowed = match &filter_q {
                 Some(q) => Some(s.rows_matching(q.as_ref())?),
                 None => None,
             };
+            times.filter_us = lap();
             let qv = self
                 .embedder
                 .embed(&[query])?
                 .pop()
                 .ok_or_else(|| Error::Embedding("embedder returned no vector".into()))?;
+            times.embed_us = lap();
             if qv.len() != s.dim() {
                 return Err(Error::Embedding(format!(
                     "query vector has {} dims, the index {}",
@@ -638,7 +699,9 @@ impl Index {
                     s.dim()
                 )));
             }
-            s.dense(&qv, allowed.as_deref(), n)
+            let found = s.dense(&qv, allowed.as_deref(), n);
+            times.dense_us = lap();
+            found
         } else {
             Vec::new()
         };
@@ -672,22 +735,24 @@ impl Index {
                 .filter_map(|(d, score)| best.get(&d).map(|&row| (row, score)))
                 .collect()
         };
+        times.fusion_us = lap();
         let mut hits = Vec::with_capacity(ranked.len());
         for (row, score) in ranked {
             let (doc, passage) = s.passage(row)?;
-            let d = s.doc(doc)?;
+            let d: HitMeta = s.doc_as(doc)?;
             hits.push(SearchHit {
-                id: d.meta.id,
-                title: d.meta.title,
-                authors: d.meta.authors,
-                date: d.meta.date,
-                url: d.meta.url,
-                source: d.meta.source,
+                id: d.id,
+                title: d.title,
+                authors: d.authors,
+                date: d.date,
+                url: d.url,
+                source: d.source,
                 score,
                 passage,
             });
         }
-        Ok(hits)
+        times.assemble_us = lap();
+        Ok((hits, times))
     }
 }
 

@@ -215,11 +215,24 @@ impl Literature for IndexLibrary {
         }))
     }
 
-    fn remove(&self, id: &str) -> Result<bool, BackendError> {
-        let _ = id;
-        Err(BackendError::Unavailable(
-            "removing single documents is not supported by this index version".into(),
-        ))
+    fn remove(&self, id: &str) -> Result<Option<Value>, BackendError> {
+        // Serialised with API ingests; an `overseer ingest` beside the server makes the
+        // index answer `Locked` (503, retry).
+        let _one = self.ingesting.lock().unwrap_or_else(|p| p.into_inner());
+        let summary =
+            overseer_index::remove_documents(&self.data_dir, &[id]).map_err(index_error)?;
+        let Some(removed) = summary.removed.first() else {
+            return Ok(None);
+        };
+        if let Err(e) = self.index.refresh() {
+            tracing::warn!(error = %e, "index refresh after removal failed");
+        }
+        Ok(Some(serde_json::json!({
+            "removed": removed.id,
+            "chunks_removed": removed.chunks,
+            "documents": summary.docs,
+            "chunks": summary.chunks,
+        })))
     }
 }
 

@@ -281,11 +281,12 @@ async fn delete_document(
     }
     let lit = state.literature.clone();
     let id2 = id.clone();
-    if blocking(move || lit.remove(&id2)).await? {
-        tracing::info!(id = %id, "document removed");
-        Ok(Json(json!({ "removed": id })))
-    } else {
-        Err(ApiError::not_found("no such document"))
+    match blocking(move || lit.remove(&id2)).await? {
+        Some(summary) => {
+            tracing::info!(id = %id, "document removed");
+            Ok(Json(summary))
+        }
+        None => Err(ApiError::not_found("no such document")),
     }
 }
 

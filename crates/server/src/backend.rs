@@ -52,8 +52,10 @@ pub trait Literature: Send + Sync + 'static {
     fn stats(&self) -> Result<LibraryStats, BackendError>;
     /// Ingest and return a summary (counts added/updated/skipped/failed).
     fn ingest(&self, input: IngestInput) -> Result<serde_json::Value, BackendError>;
-    /// Remove one document; `false` when it was not there.
-    fn remove(&self, id: &str) -> Result<bool, BackendError>;
+    /// Remove one document from search and document lookup. `None` when no document has
+    /// this id; otherwise what was removed, as `DELETE /api/documents/{id}` answers it:
+    /// `{"removed": id, "chunks_removed": n, "documents": left, "chunks": left}`.
+    fn remove(&self, id: &str) -> Result<Option<serde_json::Value>, BackendError>;
 }
 
 /// One message of a conversation (OpenAI roles: system, user, assistant).

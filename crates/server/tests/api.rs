@@ -13,8 +13,8 @@ use axum::body::Body;
 use axum::http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use overseer_server::{
-    AppState, AskEvent, AskParams, BackendError, ChatOutput, ChatParams, Generator, IngestInput,
-    Intervention, LibraryStats, Literature, SearchParams, ServerConfig, router,
+    AppState, AskEvent, AskParams, BackendError, ChatOutput, ChatParams, Generator, IndexLibrary,
+    IngestInput, Intervention, LibraryStats, Literature, SearchParams, ServerConfig, router,
 };
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -113,11 +113,13 @@ impl Literature for Library {
         }
         Ok(json!({"added": added, "updated": 0, "skipped": 0, "failed": 0}))
     }
-    fn remove(&self, id: &str) -> Result<bool, BackendError> {
+    fn remove(&self, id: &str) -> Result<Option<Value>, BackendError> {
         let mut d = self.docs.lock().expect("lock");
         let before = d.len();
         d.retain(|(x, _, _)| x != id);
-        Ok(d.len() != before)
+        Ok((d.len() != before).then(
+            || json!({"removed": id, "chunks_removed": 1, "documents": d.len(), "chunks": d.len()}),
+        ))
     }
 }
 
@@ -686,6 +688,7 @@ async fn admin_token_rules() {
         ))
         .await;
     assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body_json(r).await["removed"], "doc1");
     assert!(
         f.lib
             .docs
@@ -1229,4 +1232,174 @@ async fn lab_runs_list_detail_and_plots() {
     ] {
         expect_error(f.get(evil).await, StatusCode::NOT_FOUND, "not_found").await;
     }
+}
+
+// ---------- the real index behind the API ----------
+
+/// A state over a real `IndexLibrary` (hashed bag-of-words embedder, no model files).
+fn real_index_state(dir: &std::path::Path) -> AppState {
+    let embedder: Arc<dyn overseer_index::Embedder> =
+        Arc::new(overseer_index::testing::HashEmbedder::new(64));
+    let lib = IndexLibrary::open(&dir.join("data"), embedder).expect("open index");
+    let mut cfg = ServerConfig::new(dir.join("data"));
+    cfg.rate_per_sec = 0;
+    cfg.admin_token = Some("s3cret".into());
+    AppState::new(cfg, Arc::new(lib), None).expect("state")
+}
+
+async fn call(state: &AppState, req: Request<Body>) -> Response<Body> {
+    router(state.clone())
+        .oneshot(req)
+        .await
+        .expect("infallible")
+}
+
+async fn search_ids(state: &AppState, q: &str, mode: &str) -> Vec<String> {
+    let r = call(
+        state,
+        Request::get(format!("/api/search?q={q}&k=10&mode={mode}"))
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    body_json(r).await["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|h| h["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn delete_document_removes_it_from_the_real_index() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = real_index_state(tmp.path());
+    let docs = r#"{"documents":[
+        {"id":"arxiv-1","source":"arxiv","title":"Corrigibility","text":"An agent that accepts shutdown and correction.","authors":["A"]},
+        {"id":"arxiv-2","source":"arxiv","title":"Reward hacking","text":"Agents exploit misspecified reward functions in games.","authors":["B"]}
+    ]}"#;
+    let r = call(
+        &state,
+        admin_req("POST", "/api/ingest", Some("s3cret"), docs),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body_json(r).await["added"], 2);
+    for mode in ["bm25", "dense", "hybrid"] {
+        assert_eq!(
+            search_ids(&state, "shutdown+correction", mode).await[0],
+            "arxiv-1"
+        );
+    }
+
+    // Auth rules hold before anything is touched.
+    let r = call(
+        &state,
+        admin_req("DELETE", "/api/documents/arxiv-1", None, ""),
+    )
+    .await;
+    expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let r = call(
+        &state,
+        admin_req("DELETE", "/api/documents/arxiv-1", Some("x"), ""),
+    )
+    .await;
+    expect_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).expect("request");
+    assert_eq!(
+        call(&state, get("/api/documents/arxiv-1")).await.status(),
+        StatusCode::OK
+    );
+
+    let r = call(
+        &state,
+        admin_req("DELETE", "/api/documents/arxiv-1", Some("s3cret"), ""),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v = body_json(r).await;
+    assert_eq!(v["removed"], "arxiv-1", "{v}");
+    assert_eq!(v["chunks_removed"], 1, "{v}");
+    assert_eq!(
+        (v["documents"].as_u64(), v["chunks"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+
+    // Gone from lookup and from every retriever, at once (no refresh delay); the
+    // other document is untouched.
+    expect_error(
+        call(&state, get("/api/documents/arxiv-1")).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_eq!(
+        call(&state, get("/api/documents/arxiv-2")).await.status(),
+        StatusCode::OK
+    );
+    for mode in ["bm25", "dense", "hybrid"] {
+        let ids = search_ids(&state, "shutdown+correction+agent", mode).await;
+        assert!(!ids.contains(&"arxiv-1".to_string()), "{mode}: {ids:?}");
+        assert_eq!(
+            search_ids(&state, "misspecified+reward", mode).await[0],
+            "arxiv-2"
+        );
+    }
+    let r = call(&state, get("/healthz")).await;
+    assert_eq!(body_json(r).await["documents"], 1);
+
+    // Unknown, already removed and traversal ids: 404 in the error shape.
+    for id in [
+        "arxiv-1",
+        "nope",
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2e%2e",
+        "a%5C..%5Cb",
+    ] {
+        let r = call(
+            &state,
+            admin_req(
+                "DELETE",
+                &format!("/api/documents/{id}"),
+                Some("s3cret"),
+                "",
+            ),
+        )
+        .await;
+        expect_error(r, StatusCode::NOT_FOUND, "not_found").await;
+    }
+
+    // Another writer holds the index: a clean, retryable 503.
+    let lock = std::fs::File::open(tmp.path().join("data/index/ingest.lock")).expect("lock file");
+    lock.lock().expect("take lock");
+    let r = call(
+        &state,
+        admin_req("DELETE", "/api/documents/arxiv-2", Some("s3cret"), ""),
+    )
+    .await;
+    expect_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    lock.unlock().expect("unlock");
+    assert_eq!(
+        call(&state, get("/api/documents/arxiv-2")).await.status(),
+        StatusCode::OK
+    );
+
+    // Ingesting it again brings it back.
+    let r = call(
+        &state,
+        admin_req("POST", "/api/ingest", Some("s3cret"), docs),
+    )
+    .await;
+    let v = body_json(r).await;
+    assert_eq!(
+        (v["added"].as_u64(), v["skipped"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    assert_eq!(
+        search_ids(&state, "shutdown+correction", "hybrid").await[0],
+        "arxiv-1"
+    );
 }

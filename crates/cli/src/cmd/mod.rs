@@ -11,5 +11,6 @@ pub mod generate;
 pub mod ingest;
 pub mod model;
 pub mod refusal;
+pub mod remove;
 pub mod search;
 pub mod serve;

@@ -358,12 +358,14 @@ impl MiniLm {
             self.bert.encode_pack(&views, par)
         };
         let results: Vec<Vec<Vec<f32>>> = if packs.len() == 1 {
-            let par = if self.threads > 1 {
-                Parallelism::Rayon(self.threads)
+            if self.threads > 1 {
+                let par = Parallelism::Rayon(self.threads);
+                vec![self.pool.install(|| run(&packs[0], par))]
             } else {
-                Parallelism::None
-            };
-            vec![self.pool.install(|| run(&packs[0], par))]
+                // One thread: run on the caller's, without a hop to the pool's worker
+                // (two context switches per query).
+                vec![run(&packs[0], Parallelism::None)]
+            }
         } else {
             self.pool.install(|| {
                 packs

@@ -5,6 +5,7 @@
 mod bert;
 mod minilm;
 mod ops;
+mod small;
 
 pub use minilm::MiniLm;
 

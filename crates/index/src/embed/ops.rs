@@ -10,6 +10,8 @@
 
 use gemm::Parallelism;
 
+use super::small::{self, Panels};
+
 /// A dense layer `y = x W + b` with `W` stored pre-transposed as `[in_dim, out_dim]`
 /// row-major, so the GEMM reads the right-hand side along contiguous rows.
 #[derive(Debug, Clone)]
@@ -20,7 +22,14 @@ pub(crate) struct Linear {
     pub w: Vec<f32>,
     /// `[out_dim]`.
     pub b: Vec<f32>,
+    /// The same weights as f16 panels for inputs of at most [`SMALL_ROWS`] rows
+    /// (`None` on CPUs without AVX2/FMA/F16C); see `small.rs`.
+    small: Option<Panels>,
 }
+
+/// Inputs with at most this many rows (tokens of a pack) use the few-rows kernel of
+/// `small.rs` instead of `gemm`.
+pub(crate) const SMALL_ROWS: usize = 64;
 
 impl Linear {
     /// From a PyTorch `nn.Linear` weight `[out_dim, in_dim]` (row-major) and its bias.
@@ -37,11 +46,13 @@ impl Linear {
                 w[i * out_dim + o] = weight[o * in_dim + i];
             }
         }
+        let small = small::supported().then(|| Panels::new(&w, in_dim, out_dim));
         Linear {
             in_dim,
             out_dim,
             w,
             b: bias,
+            small,
         }
     }
 
@@ -52,6 +63,12 @@ impl Linear {
         assert!(x.len() >= m * k, "input holds m rows");
         assert!(out.len() >= m * n, "output holds m rows");
         if m == 0 {
+            return;
+        }
+        if m <= SMALL_ROWS
+            && let Some(p) = &self.small
+            && p.forward(x, m, &self.b, out, par)
+        {
             return;
         }
         for row in out[..m * n].chunks_exact_mut(n) {
@@ -369,7 +386,8 @@ mod tests {
 
     #[test]
     fn linear_matches_naive() {
-        let (m, k, n) = (5, 7, 3);
+        // More rows than SMALL_ROWS: the gemm path (the few-rows path is tested in small.rs).
+        let (m, k, n) = (SMALL_ROWS + 5, 7, 3);
         let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.37).sin()).collect();
         let b: Vec<f32> = (0..n).map(|i| i as f32).collect();
         let lin = Linear::from_torch(&w, b.clone(), n, k);
