@@ -350,14 +350,23 @@ impl Model {
         if o.hooks.is_some() || row.len() <= PREFILL_CHUNK {
             return self.forward_inner(s, tokens, o);
         }
+        // Refuse an overflow before computing any chunk (the last one would fail).
+        let total = s.len + row.len();
+        if total > self.config.context_length {
+            return Err(Error::ContextOverflow {
+                tokens: total,
+                context: self.config.context_length,
+            });
+        }
         let mut parts = Vec::new();
         let n = row.len().div_ceil(PREFILL_CHUNK);
         for (i, chunk) in row.chunks(PREFILL_CHUNK).enumerate() {
             let last = i + 1 == n;
+            // Every chunk's output is kept for `All` and `None` (all positions); for
+            // `Last` only the last chunk goes through the LM head.
             let logits = match o.logits {
-                Logits::All => Logits::All,
-                _ if last => o.logits,
-                _ => Logits::None,
+                Logits::Last if !last => Logits::None,
+                other => other,
             };
             let out = self.forward_inner(
                 s,
@@ -367,7 +376,7 @@ impl Model {
                     logits,
                 },
             )?;
-            if o.logits == Logits::All || last {
+            if o.logits != Logits::Last || last {
                 parts.push(out);
             }
         }
@@ -504,8 +513,9 @@ impl Model {
                 (rope_i(&q, &cos, &sin)?, rope_i(&k, &cos, &sin)?)
             };
             // Attention at llama.cpp's precision (its default F16 KV cache, without flash
-            // attention): K and V are stored as f16, Q and the softmax probabilities are
-            // rounded to f16 for the two products, which accumulate in f32. Matching it
+            // attention): K and V are rounded to f16 as they are stored (the cache keeps
+            // them in f32), Q and the softmax probabilities are rounded to f16 for the
+            // two products, which accumulate in f32. Matching it
             // keeps greedy decoding on llama.cpp's path; the loss against f32 is within
             // what 8-bit activations already cost (see tests/reference.rs).
             let (k, v) = s.caches[l].append(&round_f16(&k)?, &round_f16(&v)?)?;

@@ -157,6 +157,16 @@ fn chunked_prefill_equals_one_pass() {
         .and_then(|t| t.squeeze(1))
         .expect("slice");
     assert_close(&last, &want, "last position");
+    // `Logits::None` returns the final-norm output of every position, chunked or not.
+    let mut s4 = m.session(1);
+    let hidden = m
+        .forward(
+            &mut s4,
+            std::slice::from_ref(&toks),
+            ForwardOptions::default().logits(Logits::None),
+        )
+        .expect("hidden");
+    assert_eq!(hidden.dims(), &[1, toks.len(), m.config().hidden]);
 }
 
 /// Each row of a left-padded batch gives the logits of its unbatched run, in prefill and
