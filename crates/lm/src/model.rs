@@ -145,9 +145,15 @@ fn linear(
     device: &Device,
 ) -> Result<QLinear> {
     if device.is_cpu() {
-        let (dtype, map, range) = f.mapped(name, &[out, inp])?;
-        if let Some(l) = QLinear::from_bytes(dtype, out, inp, map, range)? {
-            return Ok(l);
+        match f.mapped(name, &[out, inp]) {
+            Ok((dtype, map, range)) => {
+                if let Some(l) = QLinear::from_bytes(dtype, out, inp, map, range)? {
+                    return Ok(l);
+                }
+            }
+            // A file system that cannot map files: read the tensor instead.
+            Err(Error::Io { .. }) => {}
+            Err(e) => return Err(e),
         }
     }
     QLinear::new(f.tensor(name, Some(&[out, inp]), device)?)
