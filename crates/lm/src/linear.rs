@@ -81,17 +81,31 @@ impl QLinear {
             }
             _ => None,
         };
-        let inner = match kernel {
+        match kernel {
             Some(t) => {
                 let len = w.data()?.len();
-                let bytes =
-                    Bytes::from_owner(Arc::new(TensorBytes(w)), 0..len).map_err(kernel_err)?;
-                Inner::Kernels(QMatrix::from_ggml(t, out_dim, in_dim, bytes).map_err(kernel_err)?)
+                Self::on_kernels(t, out_dim, in_dim, Arc::new(TensorBytes(w)), 0..len)
             }
-            None => Inner::Candle(QMatMul::from_qtensor(w)?),
-        };
+            None => Ok(Self {
+                inner: Inner::Candle(QMatMul::from_qtensor(w)?),
+                out_dim,
+                in_dim,
+            }),
+        }
+    }
+
+    /// The kernels' matrix over `owner`'s bytes `range` (format `t`, shape `(out, in)`).
+    fn on_kernels<T: AsRef<[u8]> + Send + Sync + 'static>(
+        t: GgmlDType,
+        out_dim: usize,
+        in_dim: usize,
+        owner: Arc<T>,
+        range: std::ops::Range<usize>,
+    ) -> Result<Self> {
+        let bytes = Bytes::from_owner(owner, range).map_err(kernel_err)?;
+        let w = QMatrix::from_ggml(t, out_dim, in_dim, bytes).map_err(kernel_err)?;
         Ok(Self {
-            inner,
+            inner: Inner::Kernels(w),
             out_dim,
             in_dim,
         })
@@ -115,13 +129,7 @@ impl QLinear {
         if !in_dim.is_multiple_of(t.block_size()) {
             return Ok(None);
         }
-        let bytes = Bytes::from_owner(owner, range).map_err(kernel_err)?;
-        let w = QMatrix::from_ggml(t, out_dim, in_dim, bytes).map_err(kernel_err)?;
-        Ok(Some(Self {
-            inner: Inner::Kernels(w),
-            out_dim,
-            in_dim,
-        }))
+        Self::on_kernels(t, out_dim, in_dim, owner, range).map(Some)
     }
 
     /// `x Wᵀ` for `x` of shape `(..., in)`.
