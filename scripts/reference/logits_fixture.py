@@ -11,6 +11,10 @@
   greedy ids (argmax, end tokens not special) — an exact-arithmetic implementation, to
   show how often two correct implementations' greedy paths agree on these prompts.
 
+Afterwards scripts/reference/llama_cpp_self_check.py adds llama.cpp against itself (the
+prompt fed one token at a time) to the same files: how much its own top-2 gaps move, and
+on how many prompts its greedy path equals the batched one.
+
 Prompts go through the model's own chat template (HF `apply_chat_template`, which
 tests/tokenizer.rs shows our renderer reproduces).
 

@@ -191,6 +191,8 @@ impl<'m> Runner<'m> {
         for b in self.batches(prompts, self.batch) {
             let rows: Vec<Vec<u32>> = b.iter().map(|&i| prompts[i].clone()).collect();
             let mut s = self.model.session(rows.len());
+            let longest = rows.iter().map(Vec::len).max().unwrap_or(0);
+            s.reserve(longest + max_new);
             let o = ForwardOptions {
                 hooks: reborrow(&mut hook),
                 logits: Logits::Last,

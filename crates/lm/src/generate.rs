@@ -219,6 +219,9 @@ pub fn generate(
         return Err(Error::InvalidArgument("empty prompt".into()));
     }
     let ctx = model.config().context_length;
+    if s.is_empty() && s.reserved == 0 {
+        s.reserve((prompt.len() + o.max_tokens).min(ctx));
+    }
     let mut timings = Timings::default();
     let t0 = Instant::now();
     let logits = model.forward(
@@ -311,6 +314,8 @@ pub fn generate_batch(
     }
     let ctx = model.config().context_length;
     let mut s = model.session(n);
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    s.reserve((longest + o.max_tokens).min(ctx));
     let mut timings = Timings::default();
     let t0 = Instant::now();
     let out = model.forward(

@@ -524,7 +524,7 @@ impl Model {
             // two products, which accumulate in f32. Matching it
             // keeps greedy decoding on llama.cpp's path; the loss against f32 is within
             // what 8-bit activations already cost (see tests/reference.rs).
-            let (k, v) = s.caches[l].append(&round_f16(&k)?, &round_f16(&v)?)?;
+            let (k, v) = s.caches[l].append(&round_f16(&k)?, &round_f16(&v)?, s.reserved)?;
             let q = round_f16(&q)?;
             // Grouped-query attention without copying K/V: query head h uses KV head
             // h / n_rep, so (b, nh, seq, hd) regroups as (b, nkv, n_rep*seq, hd).

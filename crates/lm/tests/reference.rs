@@ -13,14 +13,20 @@
 //! * **Greedy continuations** (`generate`, greedy, 32 tokens; after an early end token the
 //!   test goes on with argmax steps, since the fixture ignores end tokens) equal llama.cpp's
 //!   for all 32 tokens on at least 4 of the 5 prompts (the issue's bar). Where ours
-//!   diverges, llama.cpp's own top-2 logits at that step must be within [`TIE_GAP`] = 0.5
-//!   of each other and our token must be its second choice: a near-tie that rounding
-//!   decides. The fixture also holds HF's own greedy path (exact f32 arithmetic): on
-//!   SmolLM2 it follows llama.cpp on only 2 of the 5 prompts, leaving at the same
-//!   near-ties, so for a model where even exact arithmetic falls short of 4, the bar is
-//!   HF's count (ours must match llama.cpp at least as often as exact arithmetic does).
-//!   Divergences at a top-2 gap under [`COIN_FLIP_GAP`] = 0.1 may also count towards the 4,
-//!   so the test does not depend on the CPU's summation order.
+//!   diverges, llama.cpp's own top-2 logits at that step must be within its *own*
+//!   numerical tolerance and our token must be its second choice. That tolerance is
+//!   measured from llama.cpp alone (`scripts/reference/llama_cpp_self_check.py`, fixture
+//!   field `llama_cpp_self`): the same library, model and threads with the prompt fed one
+//!   token at a time (other kernels, same arithmetic summed in another order) changes the
+//!   gap between the batched run's top-2 tokens by up to `gap_noise` along these paths
+//!   (0.47 on SmolLM2), so a gap below that is decided by rounding, not by the model.
+//!   On SmolLM2 that second llama.cpp run itself leaves the batched run's path on 3 of
+//!   the 5 prompts, two of them one step before ours does (the paths run through several
+//!   near-ties in a row there); HF's exact f32 path (also in the fixture) leaves it on 3.
+//!   So for a model on which llama.cpp agrees with itself on fewer than 4 prompts, the bar
+//!   is that count: ours must agree with llama.cpp at least as often as llama.cpp agrees
+//!   with itself. Divergences at a top-2 gap under [`COIN_FLIP_GAP`] = 0.1 may also count
+//!   towards the bar, so the test does not depend on the CPU's summation order.
 //!   Why exact agreement is out of reach: with 8-bit activations a 1-ulp difference
 //!   flips a rounding now and then, and each flip moves a value by 1/127 of its block's
 //!   range; comparing our per-layer activations with llama.cpp's (its eval callback) on
@@ -54,8 +60,6 @@ use overseer_lm::{
 };
 use serde::Deserialize;
 
-/// Largest llama.cpp top-2 gap at which a divergence is accepted as a numerical tie.
-const TIE_GAP: f32 = 0.5;
 /// Max abs difference of the final-position logits from either reference, over that
 /// reference's top-50.
 const ABS_TOL: f32 = 0.5;
@@ -77,6 +81,17 @@ const MIN_EXACT: usize = 4;
 struct Fixture {
     model: String,
     prompts: Vec<Prompt>,
+    /// llama.cpp against itself (see the module docs).
+    llama_cpp_self: SelfCheck,
+}
+
+#[derive(Deserialize)]
+struct SelfCheck {
+    /// Prompts on which llama.cpp's token-by-token run follows its batched run for all
+    /// 32 greedy tokens.
+    exact: usize,
+    /// Largest change of the batched run's top-2 gap between the two configurations.
+    gap_noise: f32,
 }
 
 #[derive(Deserialize)]
@@ -86,6 +101,13 @@ struct Prompt {
     llama_cpp: LlamaCpp,
     hf: Hf,
     llama_cpp_vs_hf_max_abs_diff_top50: f32,
+    llama_cpp_token_by_token: TokenByToken,
+}
+
+#[derive(Deserialize)]
+struct TokenByToken {
+    /// llama.cpp's own 32 greedy ids with the prompt fed one token at a time.
+    generated: Vec<u32>,
 }
 
 #[derive(Deserialize)]
@@ -149,6 +171,7 @@ fn check_model(fixture: &str, file: &str) {
 
     let mut exact = 0;
     let mut hf_exact = 0;
+    let tie_gap = fx.llama_cpp_self.gap_noise;
     let mut coin_flips = 0;
     let tol = fx
         .prompts
@@ -261,6 +284,12 @@ fn check_model(fixture: &str, file: &str) {
         if hf_div.is_none() {
             hf_exact += 1;
         }
+        let self_div = prompt
+            .llama_cpp_token_by_token
+            .generated
+            .iter()
+            .zip(&ll.generated)
+            .position(|(a, b)| a != b);
         match ours.iter().zip(&ll.generated).position(|(a, b)| a != b) {
             None => exact += 1,
             Some(k) => {
@@ -269,18 +298,23 @@ fn check_model(fixture: &str, file: &str) {
                 if gap < COIN_FLIP_GAP {
                     coin_flips += 1;
                 }
+                let show = |d: Option<usize>| {
+                    d.map_or("follows it for all 32".to_string(), |d| {
+                        format!("leaves it at step {d}")
+                    })
+                };
                 println!(
                     "{file} prompt {p}: diverges at step {k}: ours {} llama.cpp {t1} \
-                     (its top-2: {t1} {v1:.4}, {t2} {v2:.4}, gap {gap:.4}); HF f32 {}",
+                     (its top-2: {t1} {v1:.4}, {t2} {v2:.4}, gap {gap:.4}, its own noise {tie_gap:.4}); \
+                     llama.cpp token by token {}; HF f32 {}",
                     ours[k],
-                    hf_div.map_or("follows llama.cpp for all 32".to_string(), |d| format!(
-                        "diverges at step {d}"
-                    ))
+                    show(self_div),
+                    show(hf_div)
                 );
-                if gap >= TIE_GAP || ours[k] != t2 {
+                if gap > tie_gap || ours[k] != t2 {
                     problems.push(format!(
                         "prompt {p}: greedy diverges at step {k} (ours {}, llama.cpp {t1}) where \
-                         llama.cpp's top-2 gap is {gap:.4} (tolerance {TIE_GAP}) and its second choice is {t2}",
+                         llama.cpp's top-2 gap is {gap:.4} (its own noise {tie_gap:.4}) and its second choice is {t2}",
                         ours[k]
                     ));
                 }
@@ -306,15 +340,17 @@ fn check_model(fixture: &str, file: &str) {
         fx.prompts.len()
     );
     println!(
-        "{file}: HF's exact f32 greedy path matches llama.cpp's on {hf_exact} of {} prompts",
+        "{file}: llama.cpp token by token matches its batched greedy path on {} of {} prompts; \
+         HF's exact f32 path matches it on {hf_exact}",
+        fx.llama_cpp_self.exact,
         fx.prompts.len()
     );
-    let need = MIN_EXACT.min(hf_exact);
+    let need = MIN_EXACT.min(fx.llama_cpp_self.exact);
     if exact < need && exact + coin_flips < MIN_EXACT {
         problems.push(format!(
             "only {exact} of {} prompts match llama.cpp for 32 tokens, {coin_flips} more diverge at a \
              top-2 gap under {COIN_FLIP_GAP} (need {need} exact: the issue's {MIN_EXACT}, or as many as \
-             HF's exact computation matches when that is fewer; or {MIN_EXACT} counting those coin flips)",
+             llama.cpp matches itself when that is fewer; or {MIN_EXACT} counting those coin flips)",
             fx.prompts.len()
         ));
     }

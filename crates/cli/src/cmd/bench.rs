@@ -115,6 +115,7 @@ fn bench_model(g: &Global, a: &Args) -> Result<()> {
     let mut decode = Vec::new();
     for rep in 0..a.reps {
         let mut s = model.session(1);
+        s.reserve(prompt.len());
         let t = Instant::now();
         let logits = model.forward(
             &mut s,
@@ -126,6 +127,7 @@ fn bench_model(g: &Global, a: &Args) -> Result<()> {
 
         if a.gen_tokens > 0 {
             let mut s = model.session(1);
+            s.reserve(1 + a.gen_tokens);
             model.forward(&mut s, &[vec![first]], ForwardOptions::default())?;
             let mut next = first;
             let t = Instant::now();
