@@ -34,6 +34,36 @@ pub trait Progress: Sync {
     /// A phase change, e.g. "committing".
     fn message(&self, _msg: &str) {}
     fn finish(&self) {}
+    /// Wall-clock seconds the ingest spent in one stage, summed over the run; called
+    /// once per stage after the last commit, in [`INGEST_STAGES`] order (benchmarks:
+    /// `examples/scale_bench.rs`). Reading and parsing the sources is the rest.
+    fn stage_seconds(&self, _stage: &str, _seconds: f64) {}
+}
+
+/// Stages reported through [`Progress::stage_seconds`]: `chunk` (splitting documents),
+/// `embed` (embedder calls), `write` (appending vectors, chunk text and tantivy
+/// documents), `commit` (fsyncs, bitmap, catalog and the tantivy commit),
+/// `hnsw_build` (extending the graph) and `hnsw_save` (writing it).
+pub const INGEST_STAGES: [&str; 6] = [
+    "chunk",
+    "embed",
+    "write",
+    "commit",
+    "hnsw_build",
+    "hnsw_save",
+];
+
+/// Seconds per stage of [`INGEST_STAGES`], same order.
+#[derive(Debug, Clone, Copy, Default)]
+struct StageClock([f64; 6]);
+
+impl StageClock {
+    /// Add the time since `*t` to stage `i` and restart `*t`.
+    fn lap(&mut self, i: usize, t: &mut Instant) {
+        let now = Instant::now();
+        self.0[i] += (now - *t).as_secs_f64();
+        *t = now;
+    }
 }
 
 /// A [`Progress`] that shows nothing.
@@ -156,6 +186,7 @@ struct Writer<'a> {
     dirty: bool,
     seen: HashMap<String, String>,
     summary: IngestSummary,
+    clock: StageClock,
 }
 
 /// Ingest `paths` into the index in `data_dir`.
@@ -234,6 +265,9 @@ pub fn ingest(
         w.commit()?;
     }
     progress.finish();
+    for (stage, secs) in INGEST_STAGES.iter().zip(w.clock.0) {
+        progress.stage_seconds(stage, secs);
+    }
     let mut s = std::mem::take(&mut w.summary);
     s.docs = w.catalog.len() as u64;
     s.chunks = w.alive.iter().map(|x| u64::from(x.count_ones())).sum();
@@ -486,6 +520,7 @@ impl<'a> Writer<'a> {
             dirty: false,
             seen: HashMap::new(),
             summary: IngestSummary::default(),
+            clock: StageClock::default(),
         })
     }
 
@@ -561,6 +596,7 @@ impl<'a> Writer<'a> {
         let batch = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
         let embedder = self.embedder()?;
+        let mut t = Instant::now();
         let copts = self.opts.chunk;
         let chunked: Vec<Result<Vec<Chunk>>> = batch
             .par_iter()
@@ -579,6 +615,7 @@ impl<'a> Writer<'a> {
             }
             docs.push((p, chunks));
         }
+        self.clock.lap(0, &mut t);
         let inputs: Vec<String> = docs
             .iter()
             .flat_map(|(p, cs)| {
@@ -606,6 +643,7 @@ impl<'a> Writer<'a> {
                 v.len()
             )));
         }
+        self.clock.lap(1, &mut t);
         let mut vi = vecs.into_iter();
         for (p, chunks) in docs {
             let id = p.doc.meta.id.clone();
@@ -674,6 +712,7 @@ impl<'a> Writer<'a> {
             self.dirty = true;
             self.since_checkpoint += 1;
         }
+        self.clock.lap(2, &mut t);
         if self.since_checkpoint >= self.opts.checkpoint_docs.max(1) {
             self.commit()?;
         }
@@ -695,6 +734,7 @@ impl<'a> Writer<'a> {
     }
 
     fn commit(&mut self) -> Result<()> {
+        let mut t = Instant::now();
         for a in [
             &mut self.vectors,
             &mut self.chunks_idx,
@@ -721,6 +761,7 @@ impl<'a> Writer<'a> {
         // Once built, the graph is kept (a removal or a smaller threshold does not
         // throw it away); it is extended with the rows appended since.
         if rows > 0 && (rows >= self.opts.hnsw_min_rows || self.manifest.hnsw) {
+            self.clock.lap(3, &mut t);
             let dim = self.dim;
             let mut h = match self.hnsw.take() {
                 Some(h) => h,
@@ -734,7 +775,9 @@ impl<'a> Writer<'a> {
                 store::map(&vpath, self.vectors.len)?.expect("rows > 0 so the file is not empty");
             let data: &[f32] = bytemuck::cast_slice(&map[..self.vectors.len as usize]);
             h.extend(data);
+            self.clock.lap(4, &mut t);
             h.save(&self.dir.join(store::hnsw_name(g)))?;
+            self.clock.lap(5, &mut t);
             self.hnsw = Some(h);
             hnsw_on = true;
         }
@@ -754,6 +797,7 @@ impl<'a> Writer<'a> {
         self.dirty = false;
         self.since_checkpoint = 0;
         collect_garbage(&self.dir, g);
+        self.clock.lap(3, &mut t);
         Ok(())
     }
 }

@@ -26,8 +26,8 @@ pub use error::{Error, Result};
 pub use fusion::{DEFAULT_ALPHA, DEFAULT_RRF_K, Fusion};
 pub use hnsw::{Hnsw, HnswParams};
 pub use ingest::{
-    IngestOptions, IngestSummary, NoProgress, Progress, RemoveSummary, RemovedDoc, ingest,
-    remove_documents,
+    INGEST_STAGES, IngestOptions, IngestSummary, NoProgress, Progress, RemoveSummary, RemovedDoc,
+    ingest, remove_documents,
 };
 pub use search::{
     DEFAULT_DEPTH, Document, Filters, Index, IndexStats, MAX_K, MAX_QUERY_CHARS, Mode, Passage,
