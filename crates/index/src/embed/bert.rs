@@ -8,9 +8,8 @@
 //! position-wise, run as one large GEMM over every real token with no padding at all,
 //! and attention runs per sequence on views into the fused QKV matrix (no copies).
 
-use gemm::Parallelism;
-
 use super::ops::{self, Linear};
+use super::team::Par;
 
 /// Shape of a BERT encoder (from the model's `config.json`).
 #[derive(Debug, Clone, PartialEq)]
@@ -71,7 +70,7 @@ impl Bert {
     /// long, every id `< vocab` (the caller guarantees all three).
     ///
     /// `par` threads the GEMMs; callers that already run packs in parallel pass `None`.
-    pub fn encode_pack(&self, seqs: &[&[u32]], par: Parallelism) -> Vec<Vec<f32>> {
+    pub fn encode_pack(&self, seqs: &[&[u32]], par: Par<'_>) -> Vec<Vec<f32>> {
         let h = self.cfg.hidden;
         let total: usize = seqs.iter().map(|s| s.len()).sum();
         let max_len = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
@@ -123,7 +122,7 @@ impl Bert {
         seqs: &[&[u32]],
         total: usize,
         s: &mut Scratch,
-        par: Parallelism,
+        par: Par<'_>,
     ) {
         let h = self.cfg.hidden;
         let hd = self.cfg.head_dim();

@@ -16,7 +16,8 @@ use serde_json::Value;
 
 use super::Embedder;
 use super::bert::{Bert, BertConfig, Layer};
-use super::ops::Linear;
+use super::ops::{self, Linear};
+use super::team::{Par, Team};
 use crate::{Error, Result};
 
 /// Target number of tokens per pack: large enough that the GEMMs run near peak
@@ -353,24 +354,29 @@ impl MiniLm {
     fn embed_seqs(&self, seqs: &[Vec<u32>]) -> Vec<Vec<f32>> {
         use rayon::prelude::*;
         let packs = self.packs(seqs);
-        let run = |pack: &Vec<usize>, par: Parallelism| {
+        let run = |pack: &Vec<usize>, par: Par<'_>| {
             let views: Vec<&[u32]> = pack.iter().map(|&i| seqs[i].as_slice()).collect();
             self.bert.encode_pack(&views, par)
         };
         let results: Vec<Vec<Vec<f32>>> = if packs.len() == 1 {
-            if self.threads > 1 {
-                let par = Parallelism::Rayon(self.threads);
+            let tokens: usize = packs[0].iter().map(|&i| seqs[i].len()).sum();
+            if self.threads > 1 && tokens <= ops::SMALL_ROWS {
+                // A query: the caller's thread plus one helper kept awake for the pass
+                // (see `team.rs`; a rayon fan-out per matmul gained nothing).
+                vec![Team::run(|team| run(&packs[0], Par::Team(team)))]
+            } else if self.threads > 1 {
+                let par = Par::Pool(Parallelism::Rayon(self.threads));
                 vec![self.pool.install(|| run(&packs[0], par))]
             } else {
                 // One thread: run on the caller's, without a hop to the pool's worker
                 // (two context switches per query).
-                vec![run(&packs[0], Parallelism::None)]
+                vec![run(&packs[0], Par::Pool(Parallelism::None))]
             }
         } else {
             self.pool.install(|| {
                 packs
                     .par_iter()
-                    .map(|p| run(p, Parallelism::None))
+                    .map(|p| run(p, Par::Pool(Parallelism::None)))
                     .collect()
             })
         };

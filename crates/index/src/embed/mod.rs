@@ -6,6 +6,7 @@ mod bert;
 mod minilm;
 mod ops;
 mod small;
+mod team;
 
 pub use minilm::MiniLm;
 

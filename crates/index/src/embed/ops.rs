@@ -11,6 +11,7 @@
 use gemm::Parallelism;
 
 use super::small::{self, Panels};
+use super::team::Par;
 
 /// A dense layer `y = x W + b` with `W` stored pre-transposed as `[in_dim, out_dim]`
 /// row-major, so the GEMM reads the right-hand side along contiguous rows.
@@ -58,7 +59,7 @@ impl Linear {
 
     /// `out[m, out_dim] = x[m, in_dim] W + b`. Rows are independent: the result of one
     /// row does not depend on the others (up to float summation order inside the GEMM).
-    pub fn forward(&self, x: &[f32], m: usize, out: &mut [f32], par: Parallelism) {
+    pub fn forward(&self, x: &[f32], m: usize, out: &mut [f32], par: Par<'_>) {
         let (k, n) = (self.in_dim, self.out_dim);
         assert!(x.len() >= m * k, "input holds m rows");
         assert!(out.len() >= m * n, "output holds m rows");
@@ -96,7 +97,7 @@ impl Linear {
                 false,
                 false,
                 false,
-                par,
+                par.pool(),
             );
         }
     }
@@ -393,7 +394,7 @@ mod tests {
         let lin = Linear::from_torch(&w, b.clone(), n, k);
         let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.11).cos()).collect();
         let mut out = vec![0.0f32; m * n];
-        lin.forward(&x, m, &mut out, Parallelism::None);
+        lin.forward(&x, m, &mut out, Par::Pool(Parallelism::None));
         for r in 0..m {
             for o in 0..n {
                 let want: f32 = b[o] + (0..k).map(|i| x[r * k + i] * w[o * k + i]).sum::<f32>();

@@ -16,6 +16,8 @@
 
 use gemm::Parallelism;
 
+use super::team::Par;
+
 /// Output columns per panel.
 const PANEL: usize = 16;
 /// Most rows per register block.
@@ -92,14 +94,14 @@ impl Panels {
 
     /// `out[m, out_dim] = x[m, in_dim] W + bias`, returning `false` (and touching
     /// nothing) when the CPU lacks AVX2/FMA/F16C. With `Parallelism::Rayon(t)`, `t > 1`,
-    /// panels are split across the current rayon pool.
+    /// panels are split across the current rayon pool; with a team, in two halves.
     pub fn forward(
         &self,
         x: &[f32],
         m: usize,
         bias: &[f32],
         out: &mut [f32],
-        par: Parallelism,
+        par: Par<'_>,
     ) -> bool {
         let (k, n) = (self.in_dim, self.out_dim);
         assert!(x.len() >= m * k, "input holds m rows");
@@ -113,7 +115,10 @@ impl Panels {
         }
         let n_panels = n.div_ceil(PANEL);
         let tasks = match par {
-            Parallelism::Rayon(t) if t > 1 => t.min(n_panels / MIN_PANELS_PER_TASK).max(1),
+            Par::Pool(Parallelism::Rayon(t)) if t > 1 => {
+                t.min(n_panels / MIN_PANELS_PER_TASK).max(1)
+            }
+            Par::Team(_) if n_panels >= 2 => 2,
             _ => 1,
         };
         let out_ptr = OutPtr(out.as_mut_ptr());
@@ -131,6 +136,9 @@ impl Panels {
         };
         if tasks == 1 {
             run(0..n_panels);
+        } else if let Par::Team(team) = par {
+            let half = n_panels / 2;
+            team.split(|| run(0..half), || run(half..n_panels));
         } else {
             use rayon::prelude::*;
             let per = n_panels.div_ceil(tasks);
@@ -260,23 +268,31 @@ mod tests {
             let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
             let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.11).cos()).collect();
             let p = Panels::new(&w, k, n);
-            for par in [Parallelism::None, Parallelism::Rayon(3)] {
-                let mut out = vec![f32::NAN; m * n];
-                assert!(p.forward(&x, m, &bias, &mut out, par));
-                for r in 0..m {
-                    for c in 0..n {
-                        let want: f32 = bias[c]
-                            + (0..k)
-                                .map(|i| x[r * k + i] * half::f16::from_f32(w[i * n + c]).to_f32())
-                                .sum::<f32>();
-                        let got = out[r * n + c];
-                        assert!(
-                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
-                            "m={m} k={k} n={n} [{r},{c}]: {got} vs {want}"
-                        );
+            super::super::team::Team::run(|team| {
+                for par in [
+                    Par::Pool(Parallelism::None),
+                    Par::Pool(Parallelism::Rayon(3)),
+                    Par::Team(team),
+                ] {
+                    let mut out = vec![f32::NAN; m * n];
+                    assert!(p.forward(&x, m, &bias, &mut out, par));
+                    for r in 0..m {
+                        for c in 0..n {
+                            let want: f32 = bias[c]
+                                + (0..k)
+                                    .map(|i| {
+                                        x[r * k + i] * half::f16::from_f32(w[i * n + c]).to_f32()
+                                    })
+                                    .sum::<f32>();
+                            let got = out[r * n + c];
+                            assert!(
+                                (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                                "m={m} k={k} n={n} [{r},{c}]: {got} vs {want}"
+                            );
+                        }
                     }
                 }
-            }
+            });
         }
     }
 }
