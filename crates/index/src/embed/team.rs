@@ -35,6 +35,10 @@ impl Par<'_> {
     }
 }
 
+/// Idle spins (a `pause` each, tens of cycles) before the helper starts yielding: longer
+/// than the gap between two matmuls of a query (attention, GELU: tens of µs).
+const SPINS_BEFORE_YIELD: u32 = 4_000;
+
 const IDLE: u8 = 0;
 const POSTED: u8 = 1;
 const CLAIMED: u8 = 2;
@@ -83,6 +87,10 @@ impl Team {
 
     /// The helper's loop: spin until a job is posted, claim it, run it.
     fn help(&self) {
+        // Spin (pause) between jobs; after a while also yield, so that a helper waiting
+        // through a long gap gives its core to other runnable threads (a busy server
+        // runs many queries at once), and costs nothing when the core is idle.
+        let mut idle = 0u32;
         while !self.stop.load(Ordering::Acquire) {
             if self.state.load(Ordering::Acquire) == POSTED
                 && self
@@ -96,8 +104,14 @@ impl Team {
                 // SAFETY: `split` keeps the closure alive until DONE (see there).
                 unsafe { (*job)() };
                 self.state.store(DONE, Ordering::Release);
+                idle = 0;
             } else {
-                std::hint::spin_loop();
+                idle = idle.saturating_add(1);
+                if idle > SPINS_BEFORE_YIELD {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
             }
         }
     }
