@@ -51,6 +51,8 @@ type Job = *const (dyn Fn() + Sync);
 pub(crate) struct Team {
     state: AtomicU8,
     stop: AtomicBool,
+    /// A job panicked on the helper (re-raised by `split` on the caller's thread).
+    panicked: AtomicBool,
     job: UnsafeCell<Option<Job>>,
 }
 
@@ -61,14 +63,20 @@ unsafe impl Sync for Team {}
 
 impl Team {
     /// Run `f` with a helper thread spinning beside it (scoped: the helper ends with `f`).
+    /// If no thread can be started, `f` still runs: every `split` then does both halves
+    /// on the caller's thread.
     pub fn run<R>(f: impl FnOnce(&Team) -> R) -> R {
         let team = Team {
             state: AtomicU8::new(IDLE),
             stop: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
             job: UnsafeCell::new(None),
         };
         std::thread::scope(|s| {
-            let helper = s.spawn(|| team.help());
+            let helper = std::thread::Builder::new()
+                .name("embed-helper".into())
+                .spawn_scoped(s, || team.help())
+                .ok();
             // Stop the helper even if `f` panics.
             struct Stop<'t>(&'t Team);
             impl Drop for Stop<'_> {
@@ -80,7 +88,9 @@ impl Team {
             let r = f(&team);
             drop(stop);
             // The helper only spins and runs jobs that cannot outlive their `split`.
-            let _ = helper.join();
+            if let Some(h) = helper {
+                let _ = h.join();
+            }
             r
         })
     }
@@ -101,8 +111,13 @@ impl Team {
                 // SAFETY: we won the claim, so the job is published and its caller is
                 // blocked in `split` until we store DONE.
                 let job = unsafe { (*self.job.get()).expect("posted with a job") };
-                // SAFETY: `split` keeps the closure alive until DONE (see there).
-                unsafe { (*job)() };
+                // SAFETY: `split` keeps the closure alive until DONE (see there). A panic
+                // is caught so that DONE is always stored (the caller would spin forever
+                // otherwise) and passed on to the caller.
+                let run = std::panic::AssertUnwindSafe(|| unsafe { (*job)() });
+                if std::panic::catch_unwind(run).is_err() {
+                    self.panicked.store(true, Ordering::Release);
+                }
                 self.state.store(DONE, Ordering::Release);
                 idle = 0;
             } else {
@@ -151,11 +166,22 @@ impl Team {
             .compare_exchange(POSTED, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            // The helper is late: do its half here.
+            // The helper is late: do its half here. DONE is stored even if it panics
+            // (before `wait` runs, which waits for DONE).
+            struct Done<'t>(&'t Team);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.state.store(DONE, Ordering::Release);
+                }
+            }
+            let _done = Done(self);
             theirs();
-            self.state.store(DONE, Ordering::Release);
         }
         drop(wait);
+        assert!(
+            !self.panicked.load(Ordering::Acquire),
+            "a dense-layer job panicked on the helper thread"
+        );
     }
 }
 
@@ -181,6 +207,18 @@ mod tests {
         });
         assert_eq!(counts[0].load(Ordering::Relaxed), 10_000);
         assert_eq!(counts[1].load(Ordering::Relaxed), 10_000);
+    }
+
+    #[test]
+    fn a_panicking_helper_job_reaches_the_caller_instead_of_hanging() {
+        let r = std::panic::catch_unwind(|| {
+            Team::run(|team| {
+                for _ in 0..100 {
+                    team.split(|| {}, || panic!("job failed"));
+                }
+            })
+        });
+        assert!(r.is_err());
     }
 
     #[test]
