@@ -263,6 +263,9 @@ def main():
     stage("selection", t0)
 
     # ---- 6 evaluation
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
+
     def generate(prompts):
         out = [None] * len(prompts)
         for idx, enc in batches(prompts, a.batch):
@@ -271,8 +274,10 @@ def main():
             first = torch.log_softmax(g.scores[0].double(), -1)
             for k, i in enumerate(idx):
                 ids = g.sequences[k, enc.input_ids.shape[1]:].tolist()
-                while ids and ids[-1] == tok.pad_token_id:
-                    ids.pop()
+                # Up to the first end-of-generation token, which is not part of the
+                # completion (as in the lab); generate() pads finished rows after it.
+                cut = next((j for j, t in enumerate(ids) if t in eos_ids or t == tok.pad_token_id), len(ids))
+                ids = ids[:cut]
                 text = tok.decode(ids, skip_special_tokens=True)
                 out[i] = {"completion": text, "ids": ids, "score": refusal_score(first[k])}
         return out
