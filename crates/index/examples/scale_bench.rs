@@ -427,14 +427,10 @@ fn search_only(args: &Args, dir: &Path) -> Res<()> {
     let open_ms = t.elapsed().as_secs_f64() * 1e3;
     let stats = index.stats()?;
     let open_hwm = vm_kb("VmHWM:");
-    let texts: Vec<String> = std::fs::read_to_string(&queries_file)?
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l)?;
-            Ok(v["text"].as_str().unwrap_or_default().to_string())
-        })
-        .collect::<Result<_, serde_json::Error>>()?;
+    let texts: Vec<String> = overseer_index::eval::read_queries(&queries_file)?
+        .into_iter()
+        .map(|q| q.text)
+        .collect();
     println!(
         "\n## search process: {} docs, {} chunks, hnsw {}; open {open_ms:.0} ms, RSS after open {}; \
          {} queries, k 10, document level, depth {}, {} measured run(s) after a warm-up run; load {}",

@@ -61,14 +61,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let index = Index::open(&data, embedder.clone())?;
     let open_ms = t.elapsed().as_secs_f64() * 1e3;
-    let texts: Vec<String> = std::fs::read_to_string(&queries)?
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l)?;
-            Ok(v["text"].as_str().unwrap_or_default().to_string())
-        })
-        .collect::<Result<_, serde_json::Error>>()?;
+    let texts: Vec<String> = overseer_index::eval::read_queries(&queries)?
+        .into_iter()
+        .map(|q| q.text)
+        .collect();
     let tokens: Vec<usize> = texts.iter().map(|q| embedder.count_tokens(q) + 2).collect();
     let stats = index.stats()?;
     println!(
