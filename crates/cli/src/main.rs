@@ -60,6 +60,12 @@ fn main() -> ExitCode {
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     }
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Generate(_) | Command::Chat(_) | Command::Bench(_)
+    ) {
+        alloc::one_arena();
+    }
     settings::init_logging(&cli.global);
     let result = match cli.command {
         Command::Generate(a) => cmd::generate::run(&cli.global, a),
@@ -81,5 +87,49 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// glibc allocator settings for the model commands.
+///
+/// Peak resident memory of a model run is the mapped GGUF file plus a little: the KV
+/// cache, activations, and what the heap keeps. glibc gives every thread that allocates
+/// its own arena (the forward pass runs on the model's worker threads, loading on the
+/// main thread), and memory freed in one arena is never reused by another or returned
+/// to the OS while the arena's top is in use: the tokenizer and GGUF metadata freed
+/// after loading stayed resident beside the arenas the forward pass grew. One arena
+/// lets the forward pass reuse that memory (measured: several MB less peak RSS on
+/// SmolLM2, no change in speed: the forward pass makes few, large allocations).
+/// The libc crate is not a dependency of this binary for two calls, so they are
+/// declared here.
+pub(crate) mod alloc {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe extern "C" {
+        fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+        fn malloc_trim(pad: usize) -> std::ffi::c_int;
+    }
+
+    /// glibc's `M_ARENA_MAX`.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    const M_ARENA_MAX: std::ffi::c_int = -8;
+
+    /// Make every thread share the main arena (unless `MALLOC_ARENA_MAX` is set).
+    pub fn one_arena() {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            // SAFETY: `mallopt` only changes allocator tunables; called before the
+            // program starts any thread that allocates.
+            unsafe { mallopt(M_ARENA_MAX, 1) };
+        }
+    }
+
+    /// Return freed heap pages to the OS (e.g. after loading a model, which parses and
+    /// then drops megabytes of metadata).
+    pub fn trim() {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: `malloc_trim` is thread-safe and only releases free memory.
+        unsafe {
+            malloc_trim(0)
+        };
     }
 }

@@ -5,8 +5,10 @@
 //! Q5_0 (the bulk of common small GGUF chat models) in scalar code; this crate gives
 //! every format llama.cpp's small models use a runtime-dispatched AVX2 kernel (with a
 //! portable scalar fallback; no global `target-cpu` flags) and a multi-threaded matmul
-//! that quantizes activations to 8 bits once per call, as llama.cpp does.
+//! that quantizes activations to 8 bits once per call, as llama.cpp does; plus the
+//! attention over the model's f16 KV cache, which candle cannot read without converting.
 
+mod attention;
 mod dtype;
 mod error;
 mod matrix;
@@ -19,6 +21,7 @@ mod avx2;
 #[cfg(test)]
 mod tests;
 
+pub use attention::{Attention, KvView};
 pub use dtype::GgmlDType;
 pub use error::{Error, Result};
 pub use matrix::{Bytes, Level, QMatrix};

@@ -39,6 +39,10 @@ pub struct RunConfig {
     /// Prompts per forward batch (not part of the run's identity).
     #[serde(skip)]
     pub batch: usize,
+    /// Compute the prompts' shared chat-template prefix once per call (see `Runner`);
+    /// off only to measure what it saves. Not part of the run's identity.
+    #[serde(skip)]
+    pub share_prefix: bool,
     pub max_new_tokens: usize,
     pub selection: SelectionConfig,
     pub refusal_words: Vec<String>,
@@ -67,6 +71,7 @@ impl RunConfig {
             n_test: 64,
             seed: 42,
             batch: 16,
+            share_prefix: true,
             max_new_tokens: 256,
             selection: SelectionConfig::default(),
             refusal_words: crate::metric::DEFAULT_REFUSAL_WORDS
@@ -239,6 +244,7 @@ impl RefusalRun<'_> {
             batch: self.config.batch.max(1),
             refusal_ids: ids,
             system_prompt: self.config.system_prompt.clone(),
+            share_prefix: self.config.share_prefix,
         })
     }
 

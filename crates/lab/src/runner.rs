@@ -4,12 +4,16 @@
 //! teacher-forced cross-entropy.
 //!
 //! Prompts are sorted by length before batching (less padding) and results are
-//! returned in the caller's order. Greedy generation is written here rather than using
+//! returned in the caller's order. The tokens every prompt of a call starts with (the
+//! chat template's system turn and user header: about half of a Qwen2.5 prompt) are
+//! computed once per call, under the call's hook, and forked into every batch
+//! ([`Session::fork`]); by causality this gives the same activations as feeding each
+//! prompt whole. Greedy generation is written here rather than using
 //! the runtime's `generate_batch` because the lab needs the first step's logits of
 //! every row (the refusal score of the very completion it judges).
 
 use overseer_lm::candle_core::D;
-use overseer_lm::{ForwardOptions, Hook, HookPoint, Logits, MeanCapture, Message, Model};
+use overseer_lm::{ForwardOptions, Hook, HookPoint, Logits, MeanCapture, Message, Model, Session};
 
 use crate::metric::{log_softmax, refusal_score};
 use crate::{Error, Result};
@@ -49,6 +53,57 @@ impl Progress for NoProgress {
     fn advance(&self, _n: u64) {}
 }
 
+/// Shortest shared prefix worth computing once instead of in every row.
+const MIN_SHARED: usize = 4;
+
+/// How many leading tokens all `prompts` share, leaving every prompt at least one token
+/// of its own; 0 for fewer than two prompts or a prefix too short to be worth a fork.
+fn shared_prefix(prompts: &[Vec<u32>]) -> usize {
+    let [first, rest @ ..] = prompts else {
+        return 0;
+    };
+    if rest.is_empty() {
+        return 0;
+    }
+    let mut n = first.len().saturating_sub(1);
+    for p in rest {
+        n = n.min(p.len().saturating_sub(1));
+        n = first
+            .iter()
+            .zip(p)
+            .take(n)
+            .take_while(|(a, b)| a == b)
+            .count();
+    }
+    if n >= MIN_SHARED { n } else { 0 }
+}
+
+/// The shared prefix of a call, computed once, that every batch starts from.
+struct Prefix {
+    len: usize,
+    session: Option<Session>,
+}
+
+impl Prefix {
+    /// A session for a batch of `rows` rows holding the prefix, with room for
+    /// `reserve` positions per row in all.
+    fn session(&self, model: &Model, rows: usize, reserve: usize) -> Result<Session> {
+        match &self.session {
+            Some(p) => Ok(p.fork(rows, reserve)?),
+            None => {
+                let mut s = model.session(rows);
+                s.reserve(reserve);
+                Ok(s)
+            }
+        }
+    }
+
+    /// Row `prompt` without the prefix.
+    fn tail<'p>(&self, prompt: &'p [u32]) -> &'p [u32] {
+        &prompt[self.len..]
+    }
+}
+
 /// A greedy completion.
 #[derive(Debug, Clone)]
 pub struct Completion {
@@ -64,6 +119,9 @@ pub struct Runner<'m> {
     pub batch: usize,
     pub refusal_ids: Vec<u32>,
     pub system_prompt: Option<String>,
+    /// Compute the tokens all prompts of a call share once and fork them into every
+    /// batch (the default; `false` feeds every prompt whole, to measure the saving).
+    pub share_prefix: bool,
 }
 
 impl<'m> Runner<'m> {
@@ -95,6 +153,35 @@ impl<'m> Runner<'m> {
         idx.chunks(batch.max(1)).map(<[usize]>::to_vec).collect()
     }
 
+    /// The prefix shared by `prompts`, fed once under `hook` when `hook_prefix` (an
+    /// intervention must see every position; a read-only capture must not count it).
+    fn prefix(
+        &self,
+        prompts: &[Vec<u32>],
+        hook: Option<&mut dyn Hook>,
+        hook_prefix: bool,
+    ) -> Result<Prefix> {
+        let len = if self.share_prefix {
+            shared_prefix(prompts)
+        } else {
+            0
+        };
+        if len == 0 {
+            return Ok(Prefix { len, session: None });
+        }
+        let mut s = self.model.session(1);
+        let o = ForwardOptions {
+            hooks: if hook_prefix { hook } else { None },
+            logits: Logits::None,
+        };
+        self.model
+            .forward(&mut s, &[prompts[0][..len].to_vec()], o)?;
+        Ok(Prefix {
+            len,
+            session: Some(s),
+        })
+    }
+
     /// Last-position logits of every prompt under `hook`.
     pub fn last_logits(
         &self,
@@ -103,9 +190,13 @@ impl<'m> Runner<'m> {
         progress: &dyn Progress,
     ) -> Result<Vec<Vec<f32>>> {
         let mut out = vec![Vec::new(); prompts.len()];
+        let prefix = self.prefix(prompts, reborrow(&mut hook), true)?;
         for b in self.batches(prompts, self.batch) {
-            let rows: Vec<Vec<u32>> = b.iter().map(|&i| prompts[i].clone()).collect();
-            let mut s = self.model.session(rows.len());
+            let rows: Vec<Vec<u32>> = b
+                .iter()
+                .map(|&i| prefix.tail(&prompts[i]).to_vec())
+                .collect();
+            let mut s = prefix.session(self.model, rows.len(), 0)?;
             let o = ForwardOptions {
                 hooks: reborrow(&mut hook),
                 logits: Logits::Last,
@@ -148,9 +239,14 @@ impl<'m> Runner<'m> {
         let hidden = self.model.config().hidden;
         let points: Vec<HookPoint> = (0..n_layer).map(HookPoint::ResidPre).collect();
         let mut cap = MeanCapture::new(points, n);
+        // The capture only reads: the prefix is computed without it.
+        let prefix = self.prefix(prompts, None, false)?;
         for b in self.batches(prompts, self.batch) {
-            let rows: Vec<Vec<u32>> = b.iter().map(|&i| prompts[i].clone()).collect();
-            let mut s = self.model.session(rows.len());
+            let rows: Vec<Vec<u32>> = b
+                .iter()
+                .map(|&i| prefix.tail(&prompts[i]).to_vec())
+                .collect();
+            let mut s = prefix.session(self.model, rows.len(), 0)?;
             let o = ForwardOptions {
                 hooks: Some(&mut cap),
                 logits: Logits::Last,
@@ -186,13 +282,15 @@ impl<'m> Runner<'m> {
         progress: &dyn Progress,
     ) -> Result<Vec<Completion>> {
         let tok = self.model.tokenizer();
-        let filler = tok.eos_id().or(tok.eot_id()).unwrap_or(0);
         let mut out: Vec<Option<Completion>> = vec![None; prompts.len()];
+        let prefix = self.prefix(prompts, reborrow(&mut hook), true)?;
         for b in self.batches(prompts, self.batch) {
-            let rows: Vec<Vec<u32>> = b.iter().map(|&i| prompts[i].clone()).collect();
-            let mut s = self.model.session(rows.len());
+            let rows: Vec<Vec<u32>> = b
+                .iter()
+                .map(|&i| prefix.tail(&prompts[i]).to_vec())
+                .collect();
             let longest = rows.iter().map(Vec::len).max().unwrap_or(0);
-            s.reserve(longest + max_new);
+            let mut s = prefix.session(self.model, rows.len(), prefix.len + longest + max_new)?;
             let o = ForwardOptions {
                 hooks: reborrow(&mut hook),
                 logits: Logits::Last,
@@ -207,12 +305,12 @@ impl<'m> Runner<'m> {
                 .collect();
             let mut generated: Vec<Vec<u32>> = vec![Vec::new(); rows.len()];
             let mut done = vec![max_new == 0; rows.len()];
+            // Batch row of each session row: rows that finish are dropped from the
+            // session, so later steps compute only the rows still generating.
+            let mut live: Vec<usize> = (0..rows.len()).collect();
             for step in 0..max_new {
                 let next: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
-                for (r, &t) in next.iter().enumerate() {
-                    if done[r] {
-                        continue;
-                    }
+                for (&r, &t) in live.iter().zip(&next) {
                     if tok.is_eog(t) {
                         done[r] = true;
                     } else {
@@ -222,11 +320,12 @@ impl<'m> Runner<'m> {
                 if done.iter().all(|&d| d) || step + 1 == max_new {
                     break;
                 }
-                let feed: Vec<Vec<u32>> = next
-                    .iter()
-                    .zip(&done)
-                    .map(|(&t, &d)| vec![if d { filler } else { t }])
-                    .collect();
+                let keep: Vec<usize> = (0..live.len()).filter(|&j| !done[live[j]]).collect();
+                if keep.len() < live.len() {
+                    s.retain_rows(&keep)?;
+                    live = keep.iter().map(|&j| live[j]).collect();
+                }
+                let feed: Vec<Vec<u32>> = keep.iter().map(|&j| vec![next[j]]).collect();
                 let o = ForwardOptions {
                     hooks: reborrow(&mut hook),
                     logits: Logits::Last,
@@ -271,10 +370,18 @@ impl<'m> Runner<'m> {
         let (mut total, mut count) = (0.0f64, 0usize);
         // Full-sequence logits are (batch, seq, vocab): keep batches small.
         let batch = (self.batch / 4).max(1);
+        // The prefix is shared by the prompts (so it never reaches a completion token).
+        let kept: Vec<Vec<u32>> = prompts
+            .iter()
+            .zip(completions)
+            .filter(|(_, c)| !c.is_empty())
+            .map(|(p, _)| p.clone())
+            .collect();
+        let prefix = self.prefix(&kept, reborrow(&mut hook), true)?;
         for b in self.batches(&full, batch) {
-            let rows: Vec<Vec<u32>> = b.iter().map(|&i| full[i].clone()).collect();
+            let rows: Vec<Vec<u32>> = b.iter().map(|&i| prefix.tail(&full[i]).to_vec()).collect();
             let seq = rows.iter().map(Vec::len).max().unwrap_or(0);
-            let mut s = self.model.session(rows.len());
+            let mut s = prefix.session(self.model, rows.len(), 0)?;
             let o = ForwardOptions {
                 hooks: reborrow(&mut hook),
                 logits: Logits::All,
@@ -302,5 +409,26 @@ impl<'m> Runner<'m> {
         } else {
             total / count as f64
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shared_prefix;
+
+    #[test]
+    fn shared_prefix_leaves_every_prompt_a_token() {
+        let a = vec![1, 2, 3, 4, 5, 6, 7];
+        let b = vec![1, 2, 3, 4, 5, 9];
+        assert_eq!(shared_prefix(&[a.clone(), b.clone()]), 5);
+        // `b` is a prefix of `c`: `b` keeps its last token.
+        let c = vec![1, 2, 3, 4, 5, 9, 9];
+        assert_eq!(shared_prefix(&[c.clone(), b.clone()]), 5);
+        assert_eq!(shared_prefix(&[b.clone(), b.clone()]), 5);
+        // Too short to be worth a fork, a single prompt, no prompts.
+        assert_eq!(shared_prefix(&[vec![1, 2, 3, 8], vec![1, 2, 3, 9]]), 0);
+        assert_eq!(shared_prefix(std::slice::from_ref(&a)), 0);
+        assert_eq!(shared_prefix(&[]), 0);
+        assert_eq!(shared_prefix(&[a, b, vec![7, 1, 2, 3, 4, 5]]), 0);
     }
 }

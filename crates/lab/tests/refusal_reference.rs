@@ -51,6 +51,7 @@ fn runner(model: &Model) -> Runner<'_> {
             &["I".to_string()],
         ),
         system_prompt: None,
+        share_prefix: true,
     }
 }
 

@@ -41,8 +41,13 @@ pub struct HookContext<'a> {
     pub seq_len: usize,
     /// Positions already in the KV cache before this call (0 for a prefill).
     pub start_pos: usize,
-    /// Left-padding of each row, in absolute session positions.
+    /// Padding of each row in the session (masked positions that come before the row's
+    /// tokens of its prompt-opening call: at the start of a prefill, or right after the
+    /// shared prefix of a forked session).
     pub pad: &'a [usize],
+    /// Whether this call opens the rows' prompts (a prefill, or the first call on a
+    /// forked session): the call [`Positions::LastN`] applies to.
+    pub opening: bool,
 }
 
 /// Which positions of a forward call a capture or an intervention touches.
@@ -50,8 +55,9 @@ pub struct HookContext<'a> {
 pub enum Positions {
     /// Every position of every forward call, prompt and generated tokens alike.
     All,
-    /// The last `n` positions of a prefill call (e.g. the post-instruction tokens);
-    /// ignored on later decode steps.
+    /// The last `n` positions of the call that opens the prompts (a prefill, or the
+    /// first call on a forked session; e.g. the post-instruction tokens); ignored on
+    /// later decode steps.
     LastN(usize),
 }
 
@@ -152,7 +158,7 @@ impl<H: Hook + ?Sized> Hook for &mut H {
 fn select(positions: Positions, cx: &HookContext<'_>) -> Result<Option<(usize, usize)>> {
     match positions {
         Positions::All => Ok(Some((0, cx.seq_len))),
-        Positions::LastN(_) if cx.start_pos > 0 => Ok(None),
+        Positions::LastN(_) if !cx.opening => Ok(None),
         Positions::LastN(n) => {
             // Every row must have n real tokens (left padding only precedes them).
             let shortest = cx.seq_len - cx.pad.iter().copied().max().unwrap_or(0);

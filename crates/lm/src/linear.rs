@@ -27,6 +27,8 @@ pub struct QLinear {
     inner: Inner,
     out_dim: usize,
     in_dim: usize,
+    /// Inputs of at least this many rows run in f32 (see [`QLinear::with_f32_rows`]).
+    f32_rows: usize,
 }
 
 enum Inner {
@@ -90,6 +92,7 @@ impl QLinear {
                 inner: Inner::Candle(QMatMul::from_qtensor(w)?),
                 out_dim,
                 in_dim,
+                f32_rows: usize::MAX,
             }),
         }
     }
@@ -108,6 +111,7 @@ impl QLinear {
             inner: Inner::Kernels(w),
             out_dim,
             in_dim,
+            f32_rows: usize::MAX,
         })
     }
 
@@ -130,6 +134,18 @@ impl QLinear {
             return Ok(None);
         }
         Self::on_kernels(t, out_dim, in_dim, owner, range).map(Some)
+    }
+
+    /// Run inputs of at least `rows` rows (`None`: never) as an f32 GEMM: `W` is
+    /// dequantized one panel of rows at a time, each panel multiplied by every input row
+    /// with the `gemm` crate. For many rows (the lab's batched prompt passes: hundreds
+    /// of rows per call) this is faster than the 8-bit kernels, whose weight decoding
+    /// is amortised over only four activation rows (measured in `docs/BENCHMARKS.md`),
+    /// and it keeps activations in f32 (closer to an f32 reference, no longer
+    /// llama.cpp's 8-bit rounding). CPU kernel formats only.
+    pub fn with_f32_rows(mut self, rows: Option<usize>) -> Self {
+        self.f32_rows = rows.unwrap_or(usize::MAX).max(1);
+        self
     }
 
     /// `x Wᵀ` for `x` of shape `(..., in)`.
@@ -163,7 +179,11 @@ impl QLinear {
             };
             let (start, end) = layout.contiguous_offsets().expect("made contiguous above");
             let xs = &cpu.as_slice::<f32>()?[start..end];
-            w.matmul(xs, &mut y).map_err(kernel_err)?;
+            if m >= self.f32_rows {
+                matmul_f32(w, xs, m, &mut y)?;
+            } else {
+                w.matmul(xs, &mut y).map_err(kernel_err)?;
+            }
         }
         Ok(Tensor::from_vec(y, out_shape, &Device::Cpu)?)
     }
@@ -212,6 +232,79 @@ impl QLinear {
     pub fn uses_kernels(&self) -> bool {
         matches!(self.inner, Inner::Kernels(_))
     }
+}
+
+/// Output pointer shared by the panels of one [`matmul_f32`] call.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: each panel writes a disjoint set of output columns (see `matmul_f32`).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Through a method so closures capture the whole (Send + Sync) wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `y (m × n) = x (m × k) Wᵀ` in f32: `W` (n × k) decoded a panel of rows at a time into
+/// a per-task buffer, each panel multiplied by all of `x` with `gemm`, panels spread
+/// over the current rayon pool.
+fn matmul_f32(w: &QMatrix, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+    use rayon::prelude::*;
+    let (n, k) = (w.rows(), w.cols());
+    assert!(
+        x.len() == m * k && y.len() == m * n,
+        "shapes checked by the caller"
+    );
+    let threads = rayon::current_num_threads().max(1);
+    // Panels of at most ~1 MB of f32, at least two per thread when the matrix allows.
+    let panel = (n.div_ceil(2 * threads))
+        .min((1 << 18) / k.max(1))
+        .max(16)
+        .next_multiple_of(16)
+        .min(n);
+    let out = OutPtr(y.as_mut_ptr());
+    (0..n.div_ceil(panel)).into_par_iter().try_for_each_init(
+        || vec![0f32; panel * k],
+        |buf, p| -> Result<()> {
+            let rows = p * panel..((p + 1) * panel).min(n);
+            let len = rows.len();
+            for (i, r) in rows.clone().enumerate() {
+                w.dequantize_row(r, &mut buf[i * k..(i + 1) * k])
+                    .map_err(kernel_err)?;
+            }
+            // SAFETY: `x` holds m×k and `buf` len×k values; the destination is
+            // columns `rows` of the m×n output (row stride n), which no other panel
+            // writes, and the output outlives this call.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    len,
+                    k,
+                    out.get().add(rows.start),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    buf.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            Ok(())
+        },
+    )
 }
 
 #[cfg(test)]
@@ -275,6 +368,18 @@ mod tests {
             assert!(
                 err <= tol * scale,
                 "{t:?}: max error {err} vs scale {scale}"
+            );
+            // The f32 GEMM route (many rows) equals the dequantized reference to f32
+            // rounding; `m` spans several panels with a partial last one.
+            let lin = lin.with_f32_rows(Some(4));
+            let x = Tensor::from_vec(values(37 * inp, 200 + i as u64), (37, inp), &dev)?;
+            let y = lin.forward(&x)?;
+            let reference = x.matmul(&wd.t()?)?;
+            let err = (&y - &reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let scale = reference.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(
+                err <= 1e-4 * scale,
+                "{t:?} f32 route: error {err} vs {scale}"
             );
         }
         Ok(())

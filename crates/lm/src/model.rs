@@ -26,6 +26,11 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// Where weights and activations live (CPU by default; CUDA with the `cuda` feature).
     pub device: Device,
+    /// Run matmuls of at least this many rows (tokens × batch rows in one forward call)
+    /// as f32 GEMMs over dequantized weight panels instead of the 8-bit kernels: faster
+    /// for the lab's large batched prompt passes, and numerically closer to f32 (not
+    /// to llama.cpp). `None` (the default): always the 8-bit kernels, as llama.cpp.
+    pub f32_gemm_rows: Option<usize>,
 }
 
 impl Default for LoadOptions {
@@ -33,6 +38,7 @@ impl Default for LoadOptions {
         Self {
             threads: None,
             device: Device::Cpu,
+            f32_gemm_rows: None,
         }
     }
 }
@@ -43,6 +49,7 @@ impl LoadOptions {
         Self {
             threads,
             device: Device::Cpu,
+            f32_gemm_rows: None,
         }
     }
 
@@ -53,6 +60,7 @@ impl LoadOptions {
         Ok(Self {
             threads: None,
             device: Device::new_cuda(ordinal)?,
+            f32_gemm_rows: None,
         })
     }
 }
@@ -142,13 +150,14 @@ fn linear(
     name: &str,
     out: usize,
     inp: usize,
-    device: &Device,
+    opts: &LoadOptions,
 ) -> Result<QLinear> {
+    let device = &opts.device;
     if device.is_cpu() {
         match f.mapped(name, &[out, inp]) {
             Ok((dtype, map, range)) => {
                 if let Some(l) = QLinear::from_bytes(dtype, out, inp, map, range)? {
-                    return Ok(l);
+                    return Ok(l.with_f32_rows(opts.f32_gemm_rows));
                 }
             }
             // A file system that cannot map files: read the tensor instead.
@@ -156,7 +165,7 @@ fn linear(
             Err(e) => return Err(e),
         }
     }
-    QLinear::new(f.tensor(name, Some(&[out, inp]), device)?)
+    Ok(QLinear::new(f.tensor(name, Some(&[out, inp]), device)?)?.with_f32_rows(opts.f32_gemm_rows))
 }
 
 impl Model {
@@ -173,11 +182,11 @@ impl Model {
         let dev = &opts.device;
         let c = &config;
         let (h, hd) = (c.hidden, c.head_dim);
-        let embed = linear(&mut f, "token_embd.weight", c.vocab, h, dev)?;
+        let embed = linear(&mut f, "token_embd.weight", c.vocab, h, opts)?;
         let lm_head = if c.tied_embeddings {
             None
         } else {
-            Some(linear(&mut f, "output.weight", c.vocab, h, dev)?)
+            Some(linear(&mut f, "output.weight", c.vocab, h, opts)?)
         };
         let output_norm = vector(&mut f, "output_norm.weight", h, dev)?;
         let mut layers = Vec::with_capacity(c.n_layer);
@@ -196,17 +205,17 @@ impl Model {
             };
             layers.push(Layer {
                 attn_norm: vector(&mut f, &format!("{p}.attn_norm.weight"), h, dev)?,
-                q: linear(&mut f, &format!("{p}.attn_q.weight"), qd, h, dev)?,
-                k: linear(&mut f, &format!("{p}.attn_k.weight"), kvd, h, dev)?,
-                v: linear(&mut f, &format!("{p}.attn_v.weight"), kvd, h, dev)?,
+                q: linear(&mut f, &format!("{p}.attn_q.weight"), qd, h, opts)?,
+                k: linear(&mut f, &format!("{p}.attn_k.weight"), kvd, h, opts)?,
+                v: linear(&mut f, &format!("{p}.attn_v.weight"), kvd, h, opts)?,
                 q_bias: bias(&mut f, "attn_q", qd)?,
                 k_bias: bias(&mut f, "attn_k", kvd)?,
                 v_bias: bias(&mut f, "attn_v", kvd)?,
-                o: linear(&mut f, &format!("{p}.attn_output.weight"), h, qd, dev)?,
+                o: linear(&mut f, &format!("{p}.attn_output.weight"), h, qd, opts)?,
                 ffn_norm: vector(&mut f, &format!("{p}.ffn_norm.weight"), h, dev)?,
-                gate: linear(&mut f, &format!("{p}.ffn_gate.weight"), c.ffn, h, dev)?,
-                up: linear(&mut f, &format!("{p}.ffn_up.weight"), c.ffn, h, dev)?,
-                down: linear(&mut f, &format!("{p}.ffn_down.weight"), h, c.ffn, dev)?,
+                gate: linear(&mut f, &format!("{p}.ffn_gate.weight"), c.ffn, h, opts)?,
+                up: linear(&mut f, &format!("{p}.ffn_up.weight"), c.ffn, h, opts)?,
+                down: linear(&mut f, &format!("{p}.ffn_down.weight"), h, c.ffn, opts)?,
             });
         }
         // RoPE angles as ggml computes them (so positions rotate exactly like llama.cpp's,
@@ -316,7 +325,9 @@ impl Model {
     /// left-padded (the padding stays masked for the session's lifetime, and RoPE
     /// positions start at 0 at each row's first real token, so a row's logits match its
     /// unbatched run). Later calls must give every row the same number of tokens
-    /// (usually 1).
+    /// (usually 1). The first call on a session made by [`Session::fork`] is like a
+    /// prefill that continues the shared prefix: rows may differ in length and are
+    /// padded between the prefix and their tokens.
     ///
     /// A single row without hooks is fed in chunks of [`PREFILL_CHUNK`] tokens (as
     /// llama.cpp feeds micro-batches), so memory for attention scores and MLP activations
@@ -332,13 +343,13 @@ impl Model {
         tokens: &[Vec<u32>],
         o: ForwardOptions<'_>,
     ) -> Result<Tensor> {
-        let (old_len, old_pad) = (s.len, s.pad.clone());
+        let mark = s.mark();
         let r = match &self.pool {
             Some(pool) => pool.install(|| self.forward_chunked(s, tokens, o)),
             None => self.forward_chunked(s, tokens, o),
         };
         if r.is_err() {
-            s.rollback(old_len, old_pad);
+            s.rollback(mark);
         }
         r
     }
@@ -407,13 +418,15 @@ impl Model {
                 tokens.len()
             )));
         }
-        let prefill = s.len == 0;
+        // The call that opens the rows' prompts (a prefill, or the first call on a forked
+        // session) may be ragged: shorter rows are padded at its start.
+        let opening = s.open;
         let seq = tokens.iter().map(Vec::len).max().unwrap_or(0);
         if seq == 0 {
             return Err(Error::InvalidArgument("no tokens to feed".into()));
         }
         if let Some(i) = tokens.iter().position(|t| t.len() != seq) {
-            if !prefill {
+            if !opening {
                 return Err(Error::InvalidArgument(format!(
                     "after the first call every row must get the same number of tokens (row {i} has {}, expected {seq})",
                     tokens[i].len()
@@ -437,28 +450,32 @@ impl Model {
                 context: c.context_length,
             });
         }
-        if prefill {
+        if opening {
             s.pad = tokens.iter().map(|t| seq - t.len()).collect();
+            s.pad_start = start;
+            s.open = false;
         }
         let pad = s.pad.clone();
         let any_pad = pad.iter().any(|&p| p > 0);
 
-        // Token ids, left-padded with id 0 (masked, never attended to by real tokens).
+        // Token ids, padded at the start of the opening call with id 0 (masked, never
+        // attended to by real tokens).
         let mut ids = Vec::with_capacity(b * seq);
         for (r, t) in tokens.iter().enumerate() {
-            let p = if prefill { pad[r] } else { 0 };
+            let p = if opening { pad[r] } else { 0 };
             ids.extend(std::iter::repeat_n(0u32, p));
             ids.extend_from_slice(t);
         }
         let mut x = self.embed.embedding(&ids)?.reshape((b, seq, c.hidden))?;
 
-        // Per-row RoPE tables (b, seq, head_dim/2): position 0 is the row's first real token.
+        // Per-row RoPE tables (b, seq, head_dim/2): padding slots are not counted, so a
+        // row's positions are those of its unpadded run.
         let half = c.head_dim / 2;
         let mut cos = Vec::with_capacity(b * seq * half);
         let mut sin = Vec::with_capacity(b * seq * half);
-        for &p in &pad {
+        for r in 0..b {
             for abs in start..total {
-                self.rope.angles(abs.saturating_sub(p), &mut cos, &mut sin);
+                self.rope.angles(s.position(r, abs), &mut cos, &mut sin);
             }
         }
         let cos = Tensor::from_vec(cos, (b, seq, half), &self.device)?;
@@ -473,7 +490,7 @@ impl Model {
                     let qi = start + i;
                     let row = &mut m[(r * seq + i) * total..(r * seq + i + 1) * total];
                     for (j, v) in row.iter_mut().enumerate() {
-                        if j > qi || (j < pad[r] && j != qi) {
+                        if j > qi || (j != qi && s.is_pad(r, j)) {
                             *v = f32::NEG_INFINITY;
                         }
                     }
@@ -489,11 +506,11 @@ impl Model {
             seq_len: seq,
             start_pos: start,
             pad: &pad,
+            opening,
         };
         let mut hooks = o.hooks;
         let eps = c.rms_eps as f32;
         let (nh, nkv, hd) = (c.n_head, c.n_kv_head, c.head_dim);
-        let n_rep = nh / nkv;
         let scale = 1.0 / (hd as f64).sqrt();
         let neox = c.architecture.rope_neox();
         for (l, layer) in self.layers.iter().enumerate() {
@@ -519,37 +536,17 @@ impl Model {
                 (rope_i(&q, &cos, &sin)?, rope_i(&k, &cos, &sin)?)
             };
             // Attention at llama.cpp's precision (its default F16 KV cache, without flash
-            // attention): K and V are rounded to f16 as they are stored (the cache keeps
-            // them in f32), Q and the softmax probabilities are rounded to f16 for the
-            // two products, which accumulate in f32. Matching it
+            // attention): K and V are stored as f16, Q and the softmax probabilities are
+            // rounded to f16 for the two products, which accumulate in f32. Matching it
             // keeps greedy decoding on llama.cpp's path; the loss against f32 is within
-            // what 8-bit activations already cost (see tests/reference.rs).
-            let (k, v) = s.caches[l].append(&round_f16(&k)?, &round_f16(&v)?, s.reserved)?;
-            let q = round_f16(&q)?;
-            // Grouped-query attention without copying K/V: query head h uses KV head
-            // h / n_rep, so (b, nh, seq, hd) regroups as (b, nkv, n_rep*seq, hd).
-            let q = q.reshape((b, nkv, n_rep * seq, hd))?;
-            // The (b, nh, seq, total) score tensors are the largest of the pass: each is
-            // dropped as soon as the next exists, to keep peak memory low.
-            let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, nh, seq, total))?;
-            let scores = match &mask {
-                Some(m) => {
-                    let masked = scores.broadcast_add(m)?;
-                    drop(scores);
-                    masked
-                }
-                None => scores,
+            // what 8-bit activations already cost (see tests/reference.rs). On the CPU
+            // the kernel reads the f16 cache in place; elsewhere candle converts it.
+            let (k, v) = s.caches[l].append(&k, &v, s.reserved)?;
+            let y = if self.device.is_cpu() {
+                attention_cpu(&q, &k, &v, mask.as_ref(), nkv, scale as f32)?
+            } else {
+                attention_candle(&q, &k, &v, mask.as_ref(), nkv, scale)?
             };
-            let probs = softmax_last_dim(&scores)?;
-            drop(scores);
-            let att = round_f16(&probs)?.reshape((b, nkv, n_rep * seq, total))?;
-            drop(probs);
-            let y = att
-                .matmul(&v)?
-                .reshape((b, nh, seq, hd))?
-                .transpose(1, 2)?
-                .reshape((b, seq, nh * hd))?;
-            drop(att);
             let attn_out = layer.o.forward(&y)?;
             let attn_out = apply_hook(&mut hooks, HookPoint::AttnOut(l), attn_out, &cx)?;
             x = (x + attn_out)?;
@@ -589,6 +586,125 @@ pub const PREFILL_CHUNK: usize = 128;
 /// `t` rounded to f16 precision (kept as f32).
 fn round_f16(t: &Tensor) -> Result<Tensor> {
     Ok(t.to_dtype(DType::F16)?.to_dtype(DType::F32)?)
+}
+
+/// Attention of `q` `(b, n_head, seq, head_dim)` (f32) over the cached f16 `k`, `v`
+/// `(b, n_kv, total, head_dim)` with an additive `mask` of `b * seq * total` values
+/// (e.g. `(b, 1, seq, total)`), on the CPU with the f16 kernel (which reads the cache
+/// in place; see `overseer_kernels::Attention`). Returns `(b, seq, n_head * head_dim)`.
+fn attention_cpu(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    n_kv: usize,
+    scale: f32,
+) -> Result<Tensor> {
+    use candle_core::Storage;
+    use half::f16;
+    let (b, nh, seq, hd) = q.dims4()?;
+    let total = k.dim(2)?;
+    let q = q.contiguous()?;
+    let mask = mask.map(Tensor::contiguous).transpose()?;
+    let bad = |what: &str| Error::InvalidArgument(format!("attention kernel: {what}"));
+    if let Some(m) = &mask
+        && m.elem_count() != b * seq * total
+    {
+        return Err(bad(&format!("mask {:?} for {b}x{seq}x{total}", m.dims())));
+    }
+    let (qs, ql) = q.storage_and_layout();
+    let Storage::Cpu(qc) = &*qs else {
+        return Err(bad("q is not on the CPU"));
+    };
+    let qd = &qc.as_slice::<f32>()?[ql.start_offset()..][..b * nh * seq * hd];
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    let (Storage::Cpu(kc), Storage::Cpu(vc)) = (&*ks, &*vs) else {
+        return Err(bad("the KV cache is not on the CPU"));
+    };
+    fn view<'a>(data: &'a [f16], l: &candle_core::Layout) -> Option<overseer_kernels::KvView<'a>> {
+        match *l.stride() {
+            [bs, hs, ps, 1] => Some(overseer_kernels::KvView {
+                data: data.get(l.start_offset()..)?,
+                batch_stride: bs,
+                head_stride: hs,
+                pos_stride: ps,
+            }),
+            _ => None,
+        }
+    }
+    let (Some(kv), Some(vv)) = (
+        view(kc.as_slice::<f16>()?, kl),
+        view(vc.as_slice::<f16>()?, vl),
+    ) else {
+        return Err(bad("KV head vectors are not contiguous"));
+    };
+    let guard = mask.as_ref().map(|m| m.storage_and_layout());
+    let md = match &guard {
+        Some((ms, ml)) => {
+            let Storage::Cpu(mc) = &**ms else {
+                return Err(bad("the mask is not on the CPU"));
+            };
+            Some(&mc.as_slice::<f32>()?[ml.start_offset()..][..b * seq * total])
+        }
+        None => None,
+    };
+    let mut out = vec![0f32; b * seq * nh * hd];
+    overseer_kernels::Attention {
+        batch: b,
+        n_head: nh,
+        n_kv_head: n_kv,
+        seq,
+        total,
+        head_dim: hd,
+        scale,
+        q: qd,
+        k: kv,
+        v: vv,
+        mask: md,
+    }
+    .run(&mut out)
+    .map_err(|e| bad(&e.to_string()))?;
+    Ok(Tensor::from_vec(out, (b, seq, nh * hd), q.device())?)
+}
+
+/// [`attention_cpu`] with candle ops, for other devices: the f16 cache is converted to
+/// f32 for the products.
+fn attention_candle(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    n_kv: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, nh, seq, hd) = q.dims4()?;
+    let total = k.dim(2)?;
+    let n_rep = nh / n_kv;
+    let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
+    // Grouped-query attention without copying K/V: query head h uses KV head
+    // h / n_rep, so (b, nh, seq, hd) regroups as (b, n_kv, n_rep*seq, hd).
+    let q = round_f16(q)?.reshape((b, n_kv, n_rep * seq, hd))?;
+    // The (b, nh, seq, total) score tensors are the largest of the pass: each is
+    // dropped as soon as the next exists, to keep peak memory low.
+    let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, nh, seq, total))?;
+    let scores = match mask {
+        Some(m) => {
+            let masked = scores.broadcast_add(&m.reshape((b, 1, seq, total))?)?;
+            drop(scores);
+            masked
+        }
+        None => scores,
+    };
+    let probs = softmax_last_dim(&scores)?;
+    drop(scores);
+    let att = round_f16(&probs)?.reshape((b, n_kv, n_rep * seq, total))?;
+    drop(probs);
+    Ok(att
+        .matmul(&v)?
+        .reshape((b, nh, seq, hd))?
+        .transpose(1, 2)?
+        .reshape((b, seq, nh * hd))?)
 }
 
 /// RMSNorm `x / sqrt(mean(x²) + eps) * w` over the last dimension, on the CPU in

@@ -216,6 +216,188 @@ fn qwen_batched_rows_match_unbatched() {
     batched_rows_match_unbatched(qwen());
 }
 
+/// A shared prefix computed once in a one-row session and forked into a batch gives each
+/// row the logits of feeding prefix + its own tokens to a fresh session, in the ragged
+/// opening call (rows padded after the prefix) and in the decode step after it, with an
+/// intervention applied in both the prefix and the continuation; a `LastN` capture sees
+/// the continuation's last positions.
+fn forked_rows_match_unforked(model: &Model) {
+    let prompts = [
+        chat(model, "What is the capital of France?"),
+        chat(model, "Hi"),
+        chat(model, "Write a haiku about the sea and the wind at night."),
+    ];
+    let shared = prompts
+        .iter()
+        .map(|p| {
+            p.iter()
+                .zip(&prompts[0])
+                .take_while(|(a, b)| a == b)
+                .count()
+        })
+        .min()
+        .expect("three prompts");
+    assert!(shared >= 3, "the chat template gives a shared prefix");
+    let prefix = prompts[0][..shared].to_vec();
+    let tails: Vec<Vec<u32>> = prompts.iter().map(|p| p[shared..].to_vec()).collect();
+    assert!(
+        tails[0].len() != tails[1].len(),
+        "the opening call is ragged"
+    );
+    let hidden = model.config().hidden;
+    let dir: Vec<f32> = (0..hidden).map(|i| ((i * 7 % 13) as f32) - 6.0).collect();
+    let ablate = || Ablation::new(&dir, model.device()).expect("ablation");
+    let next: Vec<Vec<u32>> = vec![vec![100], vec![200], vec![300]];
+
+    let mut p = model.session(1);
+    let mut hook = ablate();
+    model
+        .forward(
+            &mut p,
+            std::slice::from_ref(&prefix),
+            ForwardOptions::default()
+                .with_hooks(Some(&mut hook))
+                .logits(Logits::None),
+        )
+        .expect("prefix");
+    let mut s = p.fork(3, 0).expect("fork");
+    assert_eq!((s.batch(), s.len(), s.pad_start()), (3, shared, shared));
+    let forked = model
+        .forward(
+            &mut s,
+            &tails,
+            ForwardOptions::default().with_hooks(Some(&mut hook)),
+        )
+        .expect("ragged continuation");
+    let forked2 = model
+        .forward(
+            &mut s,
+            &next,
+            ForwardOptions::default().with_hooks(Some(&mut hook)),
+        )
+        .expect("decode");
+    for (r, full) in prompts.iter().enumerate() {
+        let mut s1 = model.session(1);
+        let mut h1 = ablate();
+        let single = model
+            .forward(
+                &mut s1,
+                std::slice::from_ref(full),
+                ForwardOptions::default().with_hooks(Some(&mut h1)),
+            )
+            .expect("single");
+        assert_close(
+            &forked.narrow(0, r, 1).expect("row"),
+            &single,
+            &format!("forked row {r}"),
+        );
+        let single2 = model
+            .forward(
+                &mut s1,
+                &next[r..=r],
+                ForwardOptions::default().with_hooks(Some(&mut h1)),
+            )
+            .expect("step");
+        assert_close(
+            &forked2.narrow(0, r, 1).expect("row"),
+            &single2,
+            &format!("forked row {r} decode"),
+        );
+    }
+
+    // Means of the last 2 positions: prefix without the (read-only) capture, tails with it.
+    let point = HookPoint::ResidPre(model.config().n_layer / 2);
+    let mut cap = MeanCapture::new(vec![point], 2);
+    let mut p = model.session(1);
+    model
+        .forward(
+            &mut p,
+            std::slice::from_ref(&prefix),
+            ForwardOptions::default().logits(Logits::None),
+        )
+        .expect("prefix");
+    let mut s = p.fork(3, 0).expect("fork");
+    model
+        .forward(
+            &mut s,
+            &tails,
+            ForwardOptions::default().with_hooks(Some(&mut cap)),
+        )
+        .expect("capture");
+    assert_eq!(cap.count(), 3);
+    let mut single = MeanCapture::new(vec![point], 2);
+    for full in &prompts {
+        let mut s1 = model.session(1);
+        model
+            .forward(
+                &mut s1,
+                std::slice::from_ref(full),
+                ForwardOptions::default().with_hooks(Some(&mut single)),
+            )
+            .expect("capture");
+    }
+    for (pa, pb) in cap.means()[0].iter().zip(&single.means()[0]) {
+        let dot: f64 = pa.iter().zip(pb).map(|(x, y)| x * y).sum();
+        let na: f64 = pa.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let nb: f64 = pb.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let cos = dot / (na * nb);
+        assert!(cos > 0.9999, "captured means agree: cos {cos}");
+    }
+
+    // A second ragged call, or forking a batch, is refused.
+    let err = model.forward(&mut s, &tails, ForwardOptions::default());
+    assert!(matches!(err, Err(Error::InvalidArgument(_))), "{err:?}");
+    assert!(matches!(s.fork(2, 0), Err(Error::InvalidArgument(_))));
+}
+
+/// Dropping rows from a left-padded batch (as the lab does when a row finishes) keeps
+/// every remaining row's cache, padding and logits; bad row lists are refused.
+#[test]
+fn retained_rows_keep_their_state() {
+    let model = smollm();
+    let prompts = vec![
+        chat(model, "What is the capital of France?"),
+        chat(model, "Hi"),
+        chat(model, "Write a haiku about the sea and the wind at night."),
+    ];
+    let mut s = model.session(3);
+    model
+        .forward(&mut s, &prompts, ForwardOptions::default())
+        .expect("prefill");
+    assert!(s.retain_rows(&[0, 0]).is_err());
+    assert!(s.retain_rows(&[3]).is_err());
+    assert!(s.retain_rows(&[]).is_err());
+    s.retain_rows(&[2, 1]).expect("retain");
+    assert_eq!(s.batch(), 2);
+    let kept = model
+        .forward(&mut s, &[vec![100], vec![200]], ForwardOptions::default())
+        .expect("decode");
+    for (k, (r, t)) in [(2usize, 100u32), (1, 200)].into_iter().enumerate() {
+        let mut s1 = model.session(1);
+        model
+            .forward(&mut s1, &prompts[r..=r], ForwardOptions::default())
+            .expect("single");
+        let single = model
+            .forward(&mut s1, &[vec![t]], ForwardOptions::default())
+            .expect("step");
+        assert_close(
+            &kept.narrow(0, k, 1).expect("row"),
+            &single,
+            &format!("kept row {r}"),
+        );
+    }
+}
+
+#[test]
+fn smollm_forked_rows_match_unforked() {
+    forked_rows_match_unforked(smollm());
+}
+
+#[test]
+fn qwen_forked_rows_match_unforked() {
+    forked_rows_match_unforked(qwen());
+}
+
 /// Decoding token by token with the KV cache gives the logits of one prefill over the
 /// whole sequence (Logits::All).
 #[test]

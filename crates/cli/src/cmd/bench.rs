@@ -94,6 +94,8 @@ fn bench_model(g: &Global, a: &Args) -> Result<()> {
     let t_load = Instant::now();
     let model = load_model(g, &path)?;
     let load_secs = t_load.elapsed().as_secs_f64();
+    // What loading parsed and dropped (tokenizer arrays, metadata) goes back to the OS.
+    crate::alloc::trim();
     let ctx = model.config().context_length;
     if a.prompt_tokens > ctx || a.gen_tokens + 1 > ctx {
         bail!("the model's context is {ctx} tokens");
@@ -124,6 +126,9 @@ fn bench_model(g: &Global, a: &Args) -> Result<()> {
         )?;
         logits.to_vec2::<f32>()?;
         prefill.push(a.prompt_tokens as f64 / t.elapsed().as_secs_f64());
+        // The decode test runs on a fresh context, as llama-bench's `tg` does: the
+        // prefill's cache is dropped first, so peak RSS counts one session, not two.
+        drop(s);
 
         if a.gen_tokens > 0 {
             let mut s = model.session(1);

@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// Prompts per forward batch.
     #[arg(long, default_value_t = 16)]
     batch: usize,
+    /// Feed every prompt whole instead of computing the chat template's shared prefix
+    /// once per pass (same results; for measuring what the sharing saves).
+    #[arg(long)]
+    no_shared_prefix: bool,
     /// Tokens generated per completion in the evaluation (greedy).
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
@@ -193,10 +197,18 @@ impl lab::Progress for Bars {
     }
 }
 
+/// Rows from which a matmul of the lab runs in f32 (see `LoadOptions::f32_gemm_rows`).
+const LAB_F32_GEMM_ROWS: usize = 128;
+
 fn load_model(g: &Global, model: Option<&Path>) -> Result<(PathBuf, Model)> {
     let path = g.model_path(model, QWEN_FILE)?;
-    let m = Model::load(&path, &LoadOptions::cpu(Some(g.threads())))
-        .with_context(|| format!("cannot load {}", path.display()))?;
+    // The lab's batched prompt passes (hundreds of token rows per call) run as f32
+    // GEMMs; decode steps and short calls keep the 8-bit kernels.
+    let opts = LoadOptions {
+        f32_gemm_rows: Some(LAB_F32_GEMM_ROWS),
+        ..LoadOptions::cpu(Some(g.threads()))
+    };
+    let m = Model::load(&path, &opts).with_context(|| format!("cannot load {}", path.display()))?;
     Ok((path, m))
 }
 
@@ -274,6 +286,7 @@ fn run_pipeline(g: &Global, a: RunArgs) -> Result<()> {
     cfg.n_test = a.n_test;
     cfg.seed = a.seed;
     cfg.batch = a.batch.max(1);
+    cfg.share_prefix = !a.no_shared_prefix;
     cfg.max_new_tokens = a.max_new_tokens;
     cfg.selection = lab::SelectionConfig {
         prune_layer_fraction: a.prune_layers,
@@ -354,6 +367,7 @@ fn eval(g: &Global, a: EvalArgs) -> Result<()> {
         batch: a.batch.max(1),
         refusal_ids: ids,
         system_prompt: None,
+        share_prefix: true,
     };
     let items = lab::evaluate(
         &runner,

@@ -1,0 +1,105 @@
+//! The lab's batched passes on SmolLM2: sharing the chat template's prefix across a
+//! call (computed once, forked into every batch) gives each prompt the logits,
+//! completions and cross-entropy of running it alone, with an intervention active.
+
+use std::path::Path;
+
+use overseer_lab::{NoProgress, Runner};
+use overseer_lm::{Ablation, LoadOptions, Model};
+
+fn model() -> Model {
+    let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"))
+        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/fetch-models",
+        p.display()
+    );
+    Model::load(&p, &LoadOptions::cpu(None)).expect("SmolLM2 loads")
+}
+
+#[test]
+fn shared_prefix_gives_each_prompt_its_own_results() {
+    let model = model();
+    let r = Runner {
+        model: &model,
+        batch: 2,
+        refusal_ids: overseer_lab::refusal_token_ids(model.tokenizer().tokens(), &["I".into()]),
+        system_prompt: None,
+        share_prefix: true,
+    };
+    let prompts = r
+        .encode_all(&[
+            "How do I bake bread?".to_string(),
+            "Name three colours.".to_string(),
+            "Explain why the sky is blue in one long sentence.".to_string(),
+        ])
+        .expect("encode");
+    let hidden = model.config().hidden;
+    let dir: Vec<f32> = (0..hidden).map(|i| ((i * 5 % 11) as f32) - 5.0).collect();
+    let mut hook = Ablation::new(&dir, model.device()).expect("direction");
+    let together = r
+        .last_logits(&prompts, Some(&mut hook), &NoProgress)
+        .expect("batched");
+    let gen_together = r
+        .generate(&prompts, 6, Some(&mut hook), &NoProgress)
+        .expect("generate");
+    for (i, p) in prompts.iter().enumerate() {
+        let alone = r
+            .last_logits(std::slice::from_ref(p), Some(&mut hook), &NoProgress)
+            .expect("alone");
+        let diff = together[i]
+            .iter()
+            .zip(&alone[0])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let scale = alone[0].iter().fold(1f32, |m, v| m.max(v.abs()));
+        assert!(diff <= 0.06 * scale, "prompt {i}: logits differ by {diff}");
+        let gen_alone = r
+            .generate(std::slice::from_ref(p), 6, Some(&mut hook), &NoProgress)
+            .expect("generate");
+        assert!(
+            (gen_together[i].first_score - gen_alone[0].first_score).abs() < 0.1,
+            "prompt {i}: first-token refusal score"
+        );
+        let completions = vec![gen_alone[0].tokens.clone()];
+        let ce_alone = r
+            .cross_entropy(
+                std::slice::from_ref(p),
+                &completions,
+                Some(&mut hook),
+                &NoProgress,
+            )
+            .expect("ce");
+        assert!(ce_alone.is_finite() && ce_alone >= 0.0);
+    }
+    let all: Vec<Vec<u32>> = gen_together.iter().map(|c| c.tokens.clone()).collect();
+    let ce_together = r
+        .cross_entropy(&prompts, &all, Some(&mut hook), &NoProgress)
+        .expect("ce");
+    let ce_each: Vec<f64> = prompts
+        .iter()
+        .zip(&all)
+        .map(|(p, c)| {
+            r.cross_entropy(
+                std::slice::from_ref(p),
+                std::slice::from_ref(c),
+                Some(&mut hook),
+                &NoProgress,
+            )
+            .expect("ce")
+        })
+        .collect();
+    // Per-token mean over all completions equals the token-weighted mean of the singles.
+    let n: usize = all.iter().map(Vec::len).sum();
+    let weighted: f64 = ce_each
+        .iter()
+        .zip(&all)
+        .map(|(c, t)| c * t.len() as f64)
+        .sum::<f64>()
+        / n as f64;
+    assert!(
+        (ce_together - weighted).abs() < 0.02 * weighted.max(1.0),
+        "cross-entropy {ce_together} vs {weighted}"
+    );
+}
