@@ -58,9 +58,11 @@ fn shared_prefix_gives_each_prompt_its_own_results() {
         let gen_alone = r
             .generate(std::slice::from_ref(p), 6, Some(&mut hook), &NoProgress)
             .expect("generate");
+        // A log-odds of two logsumexps moves by at most twice the largest logit change.
+        let d = (gen_together[i].first_score - gen_alone[0].first_score).abs();
         assert!(
-            (gen_together[i].first_score - gen_alone[0].first_score).abs() < 0.1,
-            "prompt {i}: first-token refusal score"
+            d <= 2.0 * 0.06 * f64::from(scale),
+            "prompt {i}: first-token refusal score differs by {d}"
         );
         let completions = vec![gen_alone[0].tokens.clone()];
         let ce_alone = r
