@@ -16,6 +16,7 @@
 
 use half::f16;
 
+use crate::matrix::SendPtr;
 use crate::pool::Pool;
 use crate::{Error, Level, Result};
 
@@ -54,17 +55,6 @@ pub struct Attention<'a> {
     pub k: KvView<'a>,
     pub v: KvView<'a>,
     pub mask: Option<&'a [f32]>,
-}
-
-struct SendPtr(*mut f32);
-// SAFETY: every task writes a disjoint set of output head vectors (see `Attention::run_with`).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    fn ptr(&self) -> *mut f32 {
-        self.0
-    }
 }
 
 impl Attention<'_> {

@@ -142,13 +142,15 @@ enum Acts {
     F32,
 }
 
-struct SendPtr(*mut f32);
-// SAFETY: chunks write disjoint output columns; see `QMatrix::matmul_with`.
+/// An output buffer shared by the tasks of one parallel call.
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: every user hands each task a disjoint part of the buffer, which outlives the
+// call (`QMatrix::matmul_with`: output columns; `Attention::run_with`: head vectors).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
-    fn ptr(&self) -> *mut f32 {
+    pub(crate) fn ptr(&self) -> *mut f32 {
         self.0
     }
 }
