@@ -149,6 +149,60 @@ fn max_abs_diff(ours: &[f32], ids: &[u32], values: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// Our 32 (`n`) greedy tokens after `ids`, through `generate` (which stops at an
+/// end-of-generation token); after an early stop, argmax steps continue so all `n`
+/// positions of the fixture (which ignores end tokens) are compared.
+fn greedy_path(model: &Model, ids: &[u32], n_gen: usize, what: &str) -> Vec<u32> {
+    let step = |s: &mut overseer_lm::Session, toks: &[u32]| -> Vec<f32> {
+        model
+            .forward(
+                s,
+                &[toks.to_vec()],
+                ForwardOptions {
+                    hooks: None,
+                    logits: Logits::Last,
+                },
+            )
+            .expect("forward")
+            .squeeze(0)
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("(1, vocab) logits")
+    };
+    let opts = GenerateOptions {
+        max_tokens: n_gen,
+        sampling: SamplingParams::greedy(),
+        stop: Vec::new(),
+    };
+    let mut s = model.session(1);
+    let g = generate(model, &mut s, ids, &opts, None, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .expect("generate");
+    let mut ours = g.tokens.clone();
+    if ours.len() < n_gen {
+        assert_eq!(g.stop_reason, StopReason::Eos, "{what}: stopped early");
+        // Recompute the logits that chose the end token, then go on.
+        let last = *ours
+            .last()
+            .unwrap_or(ids.last().expect("prompt is not empty"));
+        s.truncate(s.len() - 1);
+        let mut logits = step(&mut s, &[last]);
+        let end = argmax(&logits);
+        assert!(
+            model.tokenizer().is_eog(end),
+            "{what}: stopped before {end}"
+        );
+        ours.push(end);
+        while ours.len() < n_gen {
+            logits = step(&mut s, &[*ours.last().expect("not empty")]);
+            ours.push(argmax(&logits));
+        }
+    } else {
+        assert_eq!(g.stop_reason, StopReason::MaxTokens, "{what}");
+    }
+    ours
+}
+
 /// Report of one model, printed by the test (`cargo test -- --nocapture`).
 fn check_model(fixture: &str, file: &str) {
     let fx: Fixture = serde_json::from_str(
@@ -235,46 +289,12 @@ fn check_model(fixture: &str, file: &str) {
             ));
         }
 
-        // Greedy continuation through `generate` (which stops at an end-of-generation
-        // token); after an early stop, continue with argmax steps so all 32 positions of
-        // the fixture (which ignores end tokens) are compared.
-        let n_gen = ll.generated.len();
-        let opts = GenerateOptions {
-            max_tokens: n_gen,
-            sampling: SamplingParams::greedy(),
-            stop: Vec::new(),
-        };
-        let mut s = model.session(1);
-        let g = generate(&model, &mut s, &ids, &opts, None, &mut |_| {
-            ControlFlow::Continue(())
-        })
-        .expect("generate");
-        let mut ours = g.tokens.clone();
-        if ours.len() < n_gen {
-            assert_eq!(
-                g.stop_reason,
-                StopReason::Eos,
-                "{file} prompt {p}: stopped early"
-            );
-            // Recompute the logits that chose the end token, then go on.
-            let last = *ours
-                .last()
-                .unwrap_or(ids.last().expect("prompt is not empty"));
-            s.truncate(s.len() - 1);
-            let mut logits = step(&mut s, &[last]);
-            let end = argmax(&logits);
-            assert!(
-                model.tokenizer().is_eog(end),
-                "{file} prompt {p}: stopped before {end}"
-            );
-            ours.push(end);
-            while ours.len() < n_gen {
-                logits = step(&mut s, &[*ours.last().expect("not empty")]);
-                ours.push(argmax(&logits));
-            }
-        } else {
-            assert_eq!(g.stop_reason, StopReason::MaxTokens, "{file} prompt {p}");
-        }
+        let ours = greedy_path(
+            &model,
+            &ids,
+            ll.generated.len(),
+            &format!("{file} prompt {p}"),
+        );
         let hf_div = prompt
             .hf
             .generated
@@ -355,6 +375,151 @@ fn check_model(fixture: &str, file: &str) {
         ));
     }
     assert!(problems.is_empty(), "{file}:\n  {}", problems.join("\n  "));
+}
+
+/// The second prompt set (`fixtures/stable-*.json`, made by
+/// `scripts/reference/stable_prompts.py`): 5 prompts picked from a fixed candidate list by
+/// the references alone: the first candidates on which llama.cpp batched, llama.cpp token
+/// by token and HF's f32 computation all give the same 32 greedy tokens, on both models.
+/// On these the greedy path is decided by the model rather than by rounding, so the
+/// issue's bar applies as written: ours equals llama.cpp for all 32 tokens on at least 4 of
+/// the 5, and where ours diverges, llama.cpp's top-2 gap there must be within its own
+/// noise (the logits fixture's `gap_noise`), and so must our own margin for our token over
+/// llama.cpp's: both implementations see a near-tie there. (Our token need not be
+/// llama.cpp's second choice: a near-tie can involve three tokens, and the fixture keeps
+/// only llama.cpp's top two.)
+#[derive(Deserialize)]
+struct StableFixture {
+    model: String,
+    selected: Vec<usize>,
+    candidates: Vec<Candidate>,
+}
+
+#[derive(Deserialize)]
+struct Candidate {
+    messages: Vec<Message>,
+    prompt_ids: Vec<u32>,
+    llama_cpp: StablePath,
+    stable: bool,
+}
+
+#[derive(Deserialize)]
+struct StablePath {
+    generated: Vec<u32>,
+    steps_top2: Vec<(u32, f32, u32, f32)>,
+}
+
+fn read_fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(name),
+        )
+        .expect("fixture is committed"),
+    )
+    .expect("fixture parses")
+}
+
+fn check_stable_set(stable: &str, logits: &str, file: &str) {
+    let fx: StableFixture = read_fixture(stable);
+    let noise = read_fixture::<Fixture>(logits).llama_cpp_self.gap_noise;
+    assert_eq!(fx.model, file);
+    assert_eq!(fx.selected.len(), 5, "{stable}: the rule selects 5 prompts");
+    let model = Model::load(&models_dir().join(file), &LoadOptions::cpu(Some(2)))
+        .expect("default model loads (run scripts/fetch-models first)");
+    let mut exact = 0;
+    let mut problems = Vec::new();
+    for &c in &fx.selected {
+        let cand = &fx.candidates[c];
+        assert!(cand.stable, "{stable}: selected candidate {c} is stable");
+        let ids = model
+            .encode_chat(&cand.messages, true)
+            .expect("chat prompt encodes");
+        assert_eq!(ids, cand.prompt_ids, "{file} candidate {c}: prompt ids");
+        let ll = &cand.llama_cpp;
+        let ours = greedy_path(
+            &model,
+            &ids,
+            ll.generated.len(),
+            &format!("{file} candidate {c}"),
+        );
+        match ours.iter().zip(&ll.generated).position(|(a, b)| a != b) {
+            None => exact += 1,
+            Some(k) => {
+                let (t1, v1, t2, v2) = ll.steps_top2[k];
+                let gap = v1 - v2;
+                // The logits our greedy run chose from at that step, recomputed the way
+                // `generate` computes them: the prompt in one pass, then one token at a time.
+                let mut s = model.session(1);
+                let mut v = Vec::new();
+                for toks in std::iter::once(&ids[..]).chain(ours[..k].chunks(1)) {
+                    v = model
+                        .forward(
+                            &mut s,
+                            &[toks.to_vec()],
+                            ForwardOptions {
+                                hooks: None,
+                                logits: Logits::Last,
+                            },
+                        )
+                        .expect("forward")
+                        .squeeze(0)
+                        .and_then(|t| t.to_vec1::<f32>())
+                        .expect("(1, vocab) logits");
+                }
+                assert_eq!(
+                    argmax(&v),
+                    ours[k],
+                    "recomputed step {k} of our greedy path"
+                );
+                let margin = v[ours[k] as usize] - v[t1 as usize];
+                println!(
+                    "{file} candidate {c}: diverges at step {k}: ours {} llama.cpp {t1} (its \
+                     second {t2}; its top-2 gap {gap:.4}, our margin for our token over its \
+                     {margin:.4}; llama.cpp's own noise {noise:.4})",
+                    ours[k]
+                );
+                if gap > noise || margin > noise {
+                    problems.push(format!(
+                        "candidate {c}: greedy diverges at step {k} (ours {}, llama.cpp {t1}): \
+                         llama.cpp's top-2 gap {gap:.4}, our margin {margin:.4}, beyond its own \
+                         noise {noise:.4}",
+                        ours[k]
+                    ));
+                }
+            }
+        }
+    }
+    println!(
+        "{file}: {exact} of {} reference-stable prompts match llama.cpp for all 32 greedy tokens",
+        fx.selected.len()
+    );
+    if exact < MIN_EXACT {
+        problems.push(format!(
+            "only {exact} of {} reference-stable prompts match llama.cpp for 32 tokens (need {MIN_EXACT})",
+            fx.selected.len()
+        ));
+    }
+    assert!(problems.is_empty(), "{file}:\n  {}", problems.join("\n  "));
+}
+
+#[test]
+fn smollm2_greedy_matches_llama_cpp_on_reference_stable_prompts() {
+    check_stable_set(
+        "stable-smollm2.json",
+        "logits-smollm2.json",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+    );
+}
+
+#[test]
+fn qwen25_greedy_matches_llama_cpp_on_reference_stable_prompts() {
+    check_stable_set(
+        "stable-qwen2.5.json",
+        "logits-qwen2.5.json",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    );
 }
 
 #[test]
