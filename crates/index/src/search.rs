@@ -14,6 +14,7 @@ use tantivy::query::{BooleanQuery, Occur, Query};
 use tantivy::{IndexReader, ReloadPolicy, Searcher};
 
 use crate::bm25::{self, Fields};
+use crate::embed::Team;
 use crate::fusion::{self, Fusion};
 use crate::store::{self, ChunkRec, DocRec, IndexInfo, Manifest, StoredDoc};
 use crate::vectors::{self, Scored};
@@ -214,7 +215,9 @@ pub struct IndexStats {
 pub struct StageTimes {
     /// Query truncation, filter parsing, snapshot access.
     pub setup_us: f64,
-    /// Tantivy BM25 top-`depth` chunks.
+    /// Tantivy BM25 top-`depth` chunks. In hybrid mode BM25 runs on a second thread
+    /// at the same time as the filter, embedding and dense stages, so the stages add up
+    /// to more than the total.
     pub bm25_us: f64,
     /// Rows allowed by the filters (dense and hybrid with filters only).
     pub filter_us: f64,
@@ -268,6 +271,9 @@ pub(crate) struct Snapshot {
     docs_jsonl: Option<Mmap>,
     pub alive: Vec<u64>,
     pub hnsw: Option<crate::hnsw::Hnsw>,
+    /// f16 copy of the vectors for exact search without HNSW, made on the first dense
+    /// search (`None` inside: too large, or the CPU lacks F16C); see `vectors.rs`.
+    half: std::sync::OnceLock<Option<vectors::HalfMatrix>>,
 }
 
 fn slice(m: &Option<Mmap>, len: u64) -> &[u8] {
@@ -414,7 +420,35 @@ impl Snapshot {
         Ok(out)
     }
 
-    fn dense(&self, qv: &[f32], allowed: Option<&[u64]>, n: usize) -> Vec<(u32, f32)> {
+    /// Exact top-`n` rows: through the f16 copy when there is one (same result, half the
+    /// bytes read; see [`vectors::HalfMatrix::search`]).
+    fn exact(
+        &self,
+        qv: &[f32],
+        n: usize,
+        allow: &(dyn Fn(usize) -> bool + Sync),
+        team: Option<&Team>,
+    ) -> Vec<Scored> {
+        let half = self.half.get_or_init(|| {
+            if self.hnsw.is_some() {
+                None
+            } else {
+                vectors::HalfMatrix::new(self.vectors(), self.dim())
+            }
+        });
+        match half {
+            Some(h) => h.search(self.vectors(), qv, n, allow, team),
+            None => vectors::exact_search(self.vectors(), self.dim(), qv, n, allow),
+        }
+    }
+
+    fn dense(
+        &self,
+        qv: &[f32],
+        allowed: Option<&[u64]>,
+        n: usize,
+        team: Option<&Team>,
+    ) -> Vec<(u32, f32)> {
         let allow = |r: usize| self.is_alive(r) && allowed.is_none_or(|b| store::bit_get(b, r));
         let found: Vec<Scored> = match &self.hnsw {
             Some(h) => {
@@ -425,7 +459,7 @@ impl Snapshot {
                 }
                 got
             }
-            None => vectors::exact_search(self.vectors(), self.dim(), qv, n, &allow),
+            None => self.exact(qv, n, &allow, team),
         };
         found.into_iter().map(|s| (s.row, s.score)).collect()
     }
@@ -517,6 +551,7 @@ fn open_snapshot(dir: &Path, embedder: &dyn Embedder) -> Result<Option<Snapshot>
         docs_jsonl,
         alive,
         hnsw,
+        half: std::sync::OnceLock::new(),
     }))
 }
 
@@ -674,36 +709,59 @@ impl Index {
         }
         .max(1);
         times.setup_us = lap();
-        let bm = if req.mode != Mode::Dense {
-            s.bm25(query, filter_q.as_ref().map(|q| q.box_clone()), n)?
-        } else {
-            Vec::new()
+        let bm25 = || -> Result<(Vec<(u32, f32)>, f64)> {
+            let t = std::time::Instant::now();
+            let bm = s.bm25(query, filter_q.as_ref().map(|q| q.box_clone()), n)?;
+            Ok((bm, t.elapsed().as_secs_f64() * 1e6))
         };
-        times.bm25_us = lap();
-        let de = if req.mode != Mode::Bm25 {
-            let allowed = match &filter_q {
-                Some(q) => Some(s.rows_matching(q.as_ref())?),
-                None => None,
-            };
-            times.filter_us = lap();
-            let qv = self
-                .embedder
-                .embed(&[query])?
-                .pop()
-                .ok_or_else(|| Error::Embedding("embedder returned no vector".into()))?;
-            times.embed_us = lap();
-            if qv.len() != s.dim() {
-                return Err(Error::Embedding(format!(
-                    "query vector has {} dims, the index {}",
-                    qv.len(),
-                    s.dim()
-                )));
-            }
-            let found = s.dense(&qv, allowed.as_deref(), n);
-            times.dense_us = lap();
-            found
+        let (bm, de) = if req.mode == Mode::Bm25 {
+            let (bm, us) = bm25()?;
+            times.bm25_us = us;
+            lap();
+            (bm, Vec::new())
         } else {
-            Vec::new()
+            // Hybrid: BM25 runs on the query team's helper thread while this thread starts
+            // embedding the query (the team's first matmuls then run here alone; see
+            // `Team::run_with_side`). The embedder's own team call reuses this team, and
+            // the dense scan splits its rows across it.
+            let mut bm_out = None;
+            let side = || {
+                if req.mode == Mode::Hybrid {
+                    bm_out = Some(bm25());
+                }
+            };
+            let de = Team::run_with_side(side, |team| -> Result<Vec<(u32, f32)>> {
+                let allowed = match &filter_q {
+                    Some(q) => Some(s.rows_matching(q.as_ref())?),
+                    None => None,
+                };
+                times.filter_us = lap();
+                let qv = self
+                    .embedder
+                    .embed(&[query])?
+                    .pop()
+                    .ok_or_else(|| Error::Embedding("embedder returned no vector".into()))?;
+                times.embed_us = lap();
+                if qv.len() != s.dim() {
+                    return Err(Error::Embedding(format!(
+                        "query vector has {} dims, the index {}",
+                        qv.len(),
+                        s.dim()
+                    )));
+                }
+                let found = s.dense(&qv, allowed.as_deref(), n, Some(team));
+                times.dense_us = lap();
+                Ok(found)
+            })?;
+            let bm = match bm_out {
+                Some(r) => {
+                    let (bm, us) = r?;
+                    times.bm25_us = us;
+                    bm
+                }
+                None => Vec::new(),
+            };
+            (bm, de)
         };
         let recs = s.chunk_recs();
         let doc_of = |row: u32| recs.get(row as usize).map_or(u32::MAX, |r| r.doc);
@@ -726,7 +784,7 @@ impl Index {
                 _ => fusion::to_docs(&chunk_scores, doc_of),
             };
             // Best chunk of each document by chunk-level score.
-            let mut best: HashMap<u32, u32> = HashMap::new();
+            let mut best: rustc_hash::FxHashMap<u32, u32> = Default::default();
             for &(row, _) in &chunk_scores {
                 best.entry(doc_of(row)).or_insert(row);
             }

@@ -9,6 +9,7 @@ mod small;
 mod team;
 
 pub use minilm::MiniLm;
+pub(crate) use team::Team;
 
 use crate::Result;
 

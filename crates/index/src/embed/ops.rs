@@ -28,6 +28,27 @@ pub(crate) struct Linear {
     small: Option<Panels>,
 }
 
+/// An element-wise function applied to a dense layer's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Act {
+    /// The identity.
+    None,
+    /// Exact (erf) GELU, as [`gelu`].
+    Gelu,
+}
+
+impl Act {
+    /// Apply in place. Inlined into its caller, so that inside a function compiled for
+    /// AVX2+FMA (the few-rows kernel) it is vectorised for AVX2 as well.
+    #[inline(always)]
+    pub fn apply(self, x: &mut [f32]) {
+        match self {
+            Act::None => {}
+            Act::Gelu => gelu_body(x),
+        }
+    }
+}
+
 /// Inputs with at most this many rows (tokens of a pack) use the few-rows kernel of
 /// `small.rs` instead of `gemm`.
 pub(crate) const SMALL_ROWS: usize = 64;
@@ -57,9 +78,9 @@ impl Linear {
         }
     }
 
-    /// `out[m, out_dim] = x[m, in_dim] W + b`. Rows are independent: the result of one
-    /// row does not depend on the others (up to float summation order inside the GEMM).
-    pub fn forward(&self, x: &[f32], m: usize, out: &mut [f32], par: Par<'_>) {
+    /// `out[m, out_dim] = act(x[m, in_dim] W + b)`. Rows are independent: the result of
+    /// one row does not depend on the others (up to float summation order inside the GEMM).
+    pub fn forward(&self, x: &[f32], m: usize, out: &mut [f32], par: Par<'_>, act: Act) {
         let (k, n) = (self.in_dim, self.out_dim);
         assert!(x.len() >= m * k, "input holds m rows");
         assert!(out.len() >= m * n, "output holds m rows");
@@ -68,7 +89,7 @@ impl Linear {
         }
         if m <= SMALL_ROWS
             && let Some(p) = &self.small
-            && p.forward(x, m, &self.b, out, par)
+            && p.forward(x, m, &self.b, out, par, act)
         {
             return;
         }
@@ -99,6 +120,10 @@ impl Linear {
                 false,
                 par.pool(),
             );
+        }
+        if act == Act::Gelu {
+            // One multiversioned pass (AVX2 when available) over the whole output.
+            gelu(&mut out[..m * n]);
         }
     }
 }
@@ -394,7 +419,7 @@ mod tests {
         let lin = Linear::from_torch(&w, b.clone(), n, k);
         let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.11).cos()).collect();
         let mut out = vec![0.0f32; m * n];
-        lin.forward(&x, m, &mut out, Par::Pool(Parallelism::None));
+        lin.forward(&x, m, &mut out, Par::Pool(Parallelism::None), Act::None);
         for r in 0..m {
             for o in 0..n {
                 let want: f32 = b[o] + (0..k).map(|i| x[r * k + i] * w[o * k + i]).sum::<f32>();

@@ -16,6 +16,7 @@
 
 use gemm::Parallelism;
 
+use super::ops::Act;
 use super::team::Par;
 
 /// Output columns per panel.
@@ -92,9 +93,11 @@ impl Panels {
         }
     }
 
-    /// `out[m, out_dim] = x[m, in_dim] W + bias`, returning `false` (and touching
+    /// `out[m, out_dim] = act(x[m, in_dim] W + bias)`, returning `false` (and touching
     /// nothing) when the CPU lacks AVX2/FMA/F16C. With `Parallelism::Rayon(t)`, `t > 1`,
-    /// panels are split across the current rayon pool; with a team, in two halves.
+    /// panels are split across the current rayon pool; with a team, in two halves. The
+    /// activation is applied to each 16-column tile while it is in L1, on the thread that
+    /// computed it (a separate pass over the output ran on one thread only).
     pub fn forward(
         &self,
         x: &[f32],
@@ -102,6 +105,7 @@ impl Panels {
         bias: &[f32],
         out: &mut [f32],
         par: Par<'_>,
+        act: Act,
     ) -> bool {
         let (k, n) = (self.in_dim, self.out_dim);
         assert!(x.len() >= m * k, "input holds m rows");
@@ -129,7 +133,7 @@ impl Panels {
             // its own panels (< n), within the m×n output asserted above.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                self.run_panels(x, m, bias, dst, panels);
+                self.run_panels(x, m, bias, dst, panels, act);
             }
             #[cfg(not(target_arch = "x86_64"))]
             let _ = (dst, panels);
@@ -162,6 +166,7 @@ impl Panels {
         bias: &[f32],
         out: *mut f32,
         panels: std::ops::Range<usize>,
+        act: Act,
     ) {
         let (k, n) = (self.in_dim, self.out_dim);
         // Rows split into blocks of nearly equal size (19 rows: 5+5+5+4, not 6+6+6+1,
@@ -189,6 +194,7 @@ impl Panels {
                         _ => block::<6>(xs, k, w, &bias_pad, &mut tile),
                     }
                 }
+                act.apply(&mut tile[..rows * PANEL]);
                 for r in 0..rows {
                     // SAFETY: row + r < m and c0 + cols <= n: inside the m×n output.
                     unsafe {
@@ -275,7 +281,7 @@ mod tests {
                     Par::Team(team),
                 ] {
                     let mut out = vec![f32::NAN; m * n];
-                    assert!(p.forward(&x, m, &bias, &mut out, par));
+                    assert!(p.forward(&x, m, &bias, &mut out, par, Act::None));
                     for r in 0..m {
                         for c in 0..n {
                             let want: f32 = bias[c]

@@ -11,7 +11,7 @@
 //! caller's own half is done. So a helper that never gets scheduled costs time, never
 //! correctness, and a pass cannot hang.
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use gemm::Parallelism;
@@ -47,6 +47,26 @@ const DONE: u8 = 3;
 /// A job for the helper: a borrowed closure whose lifetime was erased when posted.
 type Job = *const (dyn Fn() + Sync);
 
+thread_local! {
+    /// The team this thread is running (see [`Team::run`]), or null.
+    static CURRENT: Cell<*const Team> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Marks a team as this thread's current one until dropped (also on unwinding).
+struct Current(*const Team);
+
+impl Current {
+    fn set(team: &Team) -> Current {
+        Current(CURRENT.with(|c| c.replace(team)))
+    }
+}
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.0));
+    }
+}
+
 /// The shared state of a caller and its spinning helper.
 pub(crate) struct Team {
     state: AtomicU8,
@@ -65,18 +85,57 @@ impl Team {
     /// Run `f` with a helper thread spinning beside it (scoped: the helper ends with `f`).
     /// If no thread can be started, `f` still runs: every `split` then does both halves
     /// on the caller's thread.
+    ///
+    /// Called while this thread already runs a team (`Team::run` inside `Team::run`, as
+    /// when a search that holds a team embeds its query), `f` gets that team instead of
+    /// a new thread.
     pub fn run<R>(f: impl FnOnce(&Team) -> R) -> R {
+        Team::run_with_side(|| {}, f)
+    }
+
+    /// [`Team::run`], with the helper first running `side` (a job of its own, such as a
+    /// BM25 query) before it starts helping; `split`s posted meanwhile run wholly on
+    /// the caller's thread, so the two threads never wait for each other. Returns once
+    /// both `f` and `side` are done. If the helper has not started by the time `f` is
+    /// done (a busy machine), `side` runs on the caller's thread instead. A panic in
+    /// `side` reaches the caller.
+    ///
+    /// Nested inside another team on this thread, or when no thread can be started,
+    /// `side` runs on the caller's thread before `f`.
+    pub fn run_with_side<R>(side: impl FnOnce() + Send, f: impl FnOnce(&Team) -> R) -> R {
+        let outer = CURRENT.with(Cell::get);
+        if !outer.is_null() {
+            side();
+            // SAFETY: CURRENT is set only by the `Current` guard below, to a team that
+            // lives until the guard (on this thread's stack, in an enclosing call) drops.
+            return f(unsafe { &*outer });
+        }
         let team = Team {
             state: AtomicU8::new(IDLE),
             stop: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
             job: UnsafeCell::new(None),
         };
+        // The side job moves to the helper if one starts, else runs here.
+        let side = std::sync::Mutex::new(Some(side));
         std::thread::scope(|s| {
             let helper = std::thread::Builder::new()
                 .name("embed-helper".into())
-                .spawn_scoped(s, || team.help())
+                .spawn_scoped(s, || {
+                    let job = side.lock().map(|mut g| g.take()).unwrap_or(None);
+                    // Stop spinning even if the side job panics (then `join` reports it).
+                    if let Some(job) = job {
+                        job();
+                    }
+                    team.help();
+                })
                 .ok();
+            if helper.is_none() {
+                let job = side.lock().map(|mut g| g.take()).unwrap_or(None);
+                if let Some(job) = job {
+                    job();
+                }
+            }
             // Stop the helper even if `f` panics.
             struct Stop<'t>(&'t Team);
             impl Drop for Stop<'_> {
@@ -85,11 +144,21 @@ impl Team {
                 }
             }
             let stop = Stop(&team);
+            let current = Current::set(&team);
             let r = f(&team);
+            drop(current);
+            // A helper that has not even started yet (a busy machine) does not hold the
+            // caller up: the side job, still unclaimed, runs here.
+            let job = side.lock().map(|mut g| g.take()).unwrap_or(None);
+            if let Some(job) = job {
+                job();
+            }
             drop(stop);
             // The helper only spins and runs jobs that cannot outlive their `split`.
-            if let Some(h) = helper {
-                let _ = h.join();
+            if let Some(h) = helper
+                && let Err(panic) = h.join()
+            {
+                std::panic::resume_unwind(panic);
             }
             r
         })
@@ -219,6 +288,64 @@ mod tests {
             })
         });
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn the_side_job_runs_once_and_is_done_when_run_returns() {
+        for _ in 0..200 {
+            let side_ran = AtomicUsize::new(0);
+            let halves = AtomicUsize::new(0);
+            let mut out = 0u64;
+            let r = Team::run_with_side(
+                || {
+                    side_ran.fetch_add(1, Ordering::Relaxed);
+                    out = 7;
+                },
+                |team| {
+                    for _ in 0..50 {
+                        team.split(
+                            || {
+                                halves.fetch_add(1, Ordering::Relaxed);
+                            },
+                            || {
+                                halves.fetch_add(1, Ordering::Relaxed);
+                            },
+                        );
+                    }
+                    3
+                },
+            );
+            assert_eq!((r, out), (3, 7));
+            assert_eq!(side_ran.load(Ordering::Relaxed), 1);
+            assert_eq!(halves.load(Ordering::Relaxed), 100);
+        }
+    }
+
+    #[test]
+    fn a_nested_run_reuses_the_outer_team_and_runs_its_side_job() {
+        let mut side = false;
+        let same = Team::run(|outer| {
+            Team::run_with_side(|| side = true, |inner| std::ptr::eq(outer, inner))
+        });
+        assert!(same && side);
+        // After the outer run, a new run gets a new team again (no dangling current team).
+        let again = Team::run(|t| {
+            let mut n = 0;
+            t.split(|| {}, || {});
+            n += 1;
+            n
+        });
+        assert_eq!(again, 1);
+    }
+
+    #[test]
+    fn a_panicking_side_job_reaches_the_caller() {
+        let r = std::panic::catch_unwind(|| {
+            Team::run_with_side(|| panic!("side failed"), |team| team.split(|| {}, || {}))
+        });
+        assert!(r.is_err());
+        // The thread's current team was reset while unwinding.
+        assert!(CURRENT.with(Cell::get).is_null());
     }
 
     #[test]
