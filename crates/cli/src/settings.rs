@@ -27,6 +27,10 @@ pub struct Global {
     /// Worker threads for model and embedding work [env: OVERSEER_THREADS] [default: all cores].
     #[arg(long, global = true, env = "OVERSEER_THREADS")]
     pub threads: Option<usize>,
+    /// Where the chat model runs: `cpu`, `cuda` or `cuda:N` (GPU N; needs a build with
+    /// `--features cuda`, see scripts/build-cuda) [env: OVERSEER_DEVICE] [default: cpu].
+    #[arg(long, global = true, env = "OVERSEER_DEVICE", value_parser = parse_device)]
+    pub device: Option<DeviceChoice>,
     /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -105,6 +109,55 @@ impl Global {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1)
     }
+
+    /// How to load a chat model: `--device` (CPU by default) and `--threads`.
+    ///
+    /// Errors: `cuda` asked of a build without CUDA support, or a GPU that cannot be
+    /// opened.
+    pub fn load_options(&self) -> Result<overseer_lm::LoadOptions> {
+        let threads = Some(self.threads());
+        Ok(match self.device.unwrap_or(DeviceChoice::Cpu) {
+            DeviceChoice::Cpu => overseer_lm::LoadOptions::cpu(threads),
+            DeviceChoice::Cuda(n) => overseer_lm::LoadOptions {
+                threads,
+                // One line: candle appends a backtrace to driver errors when
+                // RUST_BACKTRACE is set.
+                ..overseer_lm::LoadOptions::cuda(n).map_err(|e| {
+                    let msg = e.to_string();
+                    anyhow::anyhow!(
+                        "cannot use --device cuda:{n}: {}",
+                        msg.lines().next().unwrap_or_default()
+                    )
+                })?
+            },
+        })
+    }
+}
+
+/// A `--device` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Cpu,
+    /// CUDA GPU by ordinal.
+    Cuda(usize),
+}
+
+/// Parse `cpu`, `cuda` (GPU 0) or `cuda:N`.
+fn parse_device(s: &str) -> std::result::Result<DeviceChoice, String> {
+    let s = s.trim().to_ascii_lowercase();
+    match s.as_str() {
+        "cpu" => Ok(DeviceChoice::Cpu),
+        "cuda" | "gpu" => Ok(DeviceChoice::Cuda(0)),
+        _ => match s.strip_prefix("cuda:") {
+            Some(n) => n
+                .parse()
+                .map(DeviceChoice::Cuda)
+                .map_err(|_| format!("bad GPU number in '{s}' (expected cuda:N)")),
+            None => Err(format!(
+                "unknown device '{s}' (expected cpu, cuda or cuda:N)"
+            )),
+        },
+    }
 }
 
 /// Logs go to stderr; stdout is reserved for results.
@@ -121,4 +174,18 @@ pub fn init_logging(g: &Global) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_values_parse() {
+        assert_eq!(parse_device("cpu"), Ok(DeviceChoice::Cpu));
+        assert_eq!(parse_device("CUDA"), Ok(DeviceChoice::Cuda(0)));
+        assert_eq!(parse_device("cuda:3"), Ok(DeviceChoice::Cuda(3)));
+        assert!(parse_device("cuda:x").is_err());
+        assert!(parse_device("metal").is_err());
+    }
 }

@@ -186,8 +186,8 @@ impl Model {
         let tok = self.tokenizer();
         let bos_written = tok
             .bos_id()
-            .and_then(|b| tok.tokens().get(b as usize))
-            .is_some_and(|b| !b.is_empty() && text.starts_with(b.as_str()));
+            .and_then(|b| tok.token_text(b))
+            .is_some_and(|b| !b.is_empty() && text.starts_with(b));
         tok.encode(text, tok.add_bos() && !bos_written)
     }
 }

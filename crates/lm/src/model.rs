@@ -53,16 +53,45 @@ impl LoadOptions {
         }
     }
 
-    /// The CUDA device `ordinal` (needs the `cuda` cargo feature).
+    /// The CUDA device `ordinal` (needs the `cuda` cargo feature; `scripts/build-cuda`
+    /// builds it). Weights stay in their GGUF quantization on the GPU and run on
+    /// candle's CUDA kernels; `overseer-kernels` (CPU only) is not used there.
     ///
-    /// Errors: [`Error::Candle`] when CUDA is not compiled in or no GPU is present.
+    /// Errors: [`Error::InvalidArgument`] when this build has no CUDA support;
+    /// [`Error::Candle`] when the driver or the GPU `ordinal` cannot be opened.
     pub fn cuda(ordinal: usize) -> Result<Self> {
+        if !Self::cuda_compiled() {
+            return Err(Error::InvalidArgument(
+                "this build has no CUDA support: rebuild with `--features cuda` (scripts/build-cuda)"
+                    .into(),
+            ));
+        }
+        let device = Device::new_cuda(ordinal)?;
+        #[cfg(feature = "cuda")]
+        candle_core::quantized::cuda::set_force_dmmv(!cuda_fast_mmq());
         Ok(Self {
             threads: None,
-            device: Device::new_cuda(ordinal)?,
+            device,
             f32_gemm_rows: None,
         })
     }
+
+    /// Whether this build was compiled with the `cuda` feature.
+    pub fn cuda_compiled() -> bool {
+        cfg!(feature = "cuda")
+    }
+}
+
+/// Whether candle's fast CUDA quantized matmuls (MMVQ/MMQ: activations quantized to
+/// 8 bits in its own blocks) run instead of its plain path (dequantized weights, f32
+/// activations), `OVERSEER_CUDA_FAST_MMQ=1`. Off by default: on SmolLM2 the fast path's
+/// logits drift from the CPU's by up to 57% of their scale (the plain path: under 10%,
+/// like the CPU's own 8-bit vs f32 paths) and change the greedy continuation, for
+/// ~18% more decode speed (docs/BENCHMARKS.md, "CUDA check"). The switch is global to
+/// candle, so it is set whenever a CUDA device is opened.
+#[cfg(feature = "cuda")]
+fn cuda_fast_mmq() -> bool {
+    std::env::var_os("OVERSEER_CUDA_FAST_MMQ").is_some_and(|v| v != "0" && !v.is_empty())
 }
 
 /// Which logits a forward call returns.
@@ -527,13 +556,19 @@ impl Model {
                     .transpose(1, 2)?
                     .contiguous()?)
             };
-            let q = proj(&layer.q, &layer.q_bias, nh)?;
-            let k = proj(&layer.k, &layer.k_bias, nkv)?;
-            let v = proj(&layer.v, &layer.v_bias, nkv)?;
-            let (q, k) = if neox {
-                (rope(&q, &cos, &sin)?, rope(&k, &cos, &sin)?)
-            } else {
-                (rope_i(&q, &cos, &sin)?, rope_i(&k, &cos, &sin)?)
+            // Each intermediate is dropped as soon as the next exists (shadowing would
+            // keep the un-rotated q and k and the normed input alive through attention,
+            // which is where a prefill's memory peaks).
+            let (q, k, v) = {
+                let q = proj(&layer.q, &layer.q_bias, nh)?;
+                let k = proj(&layer.k, &layer.k_bias, nkv)?;
+                let v = proj(&layer.v, &layer.v_bias, nkv)?;
+                drop(h);
+                if neox {
+                    (rope(&q, &cos, &sin)?, rope(&k, &cos, &sin)?, v)
+                } else {
+                    (rope_i(&q, &cos, &sin)?, rope_i(&k, &cos, &sin)?, v)
+                }
             };
             // Attention at llama.cpp's precision (its default F16 KV cache, without flash
             // attention): K and V are stored as f16, Q and the softmax probabilities are
@@ -582,7 +617,15 @@ impl Model {
 }
 
 /// Longest piece of a single-row prompt fed in one forward step (see [`Model::forward`]).
-pub const PREFILL_CHUNK: usize = 128;
+///
+/// A step's transient memory grows with its length: the attention scores are
+/// `n_head x chunk x context` f32 (two of them alive at once), the MLP activations
+/// `chunk x ffn`. A prefill's peak resident memory is reached in these buffers, so the
+/// chunk is kept short: 64 instead of 128 lowered `overseer bench`'s peak RSS on SmolLM2
+/// (256-token prompt) by ~2.7 MB with no measurable change in prefill CPU time
+/// (docs/BENCHMARKS.md). The fixture prompts of `tests/reference.rs` (at most 47
+/// tokens) are fed in one step either way.
+pub const PREFILL_CHUNK: usize = 64;
 
 /// `t` rounded to f16 precision (kept as f32).
 fn round_f16(t: &Tensor) -> Result<Tensor> {
@@ -694,7 +737,7 @@ fn attention_candle(
     let (b, nh, seq, hd) = q.dims4()?;
     let total = k.dim(2)?;
     let n_rep = nh / n_kv;
-    let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
+    let (k, v) = (f16_to_f32(k)?, f16_to_f32(v)?);
     // Grouped-query attention without copying K/V: query head h uses KV head
     // h / n_rep, so (b, nh, seq, hd) regroups as (b, n_kv, n_rep*seq, hd).
     let q = round_f16(q)?.reshape((b, n_kv, n_rep * seq, hd))?;
@@ -718,6 +761,23 @@ fn attention_candle(
         .reshape((b, nh, seq, hd))?
         .transpose(1, 2)?
         .reshape((b, seq, nh * hd))?)
+}
+
+/// The f16 KV cache as f32 for candle's matmuls (exact: every f16 is an f32). On the CPU
+/// through `half`'s slice conversion (F16C, 8 values per instruction) instead of
+/// `Tensor::to_dtype`, which converts one element at a time: with the whole cache
+/// converted at every decode step, that per-element path cost SmolLM2 about a quarter of
+/// its decode speed.
+fn f16_to_f32(t: &Tensor) -> Result<Tensor> {
+    if t.dtype() != DType::F16 || !t.device().is_cpu() {
+        return Ok(t.to_dtype(DType::F32)?);
+    }
+    use half::slice::HalfFloatSliceExt;
+    let dims = t.dims().to_vec();
+    let h = t.flatten_all()?.to_vec1::<half::f16>()?;
+    let mut out = vec![0.0f32; h.len()];
+    h.convert_to_f32_slice(&mut out);
+    Ok(Tensor::from_vec(out, dims, t.device())?)
 }
 
 /// RMSNorm `x / sqrt(mean(x²) + eps) * w` over the last dimension, on the CPU in

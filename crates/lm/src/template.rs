@@ -137,11 +137,8 @@ impl ChatTemplate {
             Some(GgufValue::String(s)) => Some(s.as_str()),
             _ => None,
         };
-        let text = |id: Option<u32>| {
-            id.and_then(|i| tokenizer.tokens().get(i as usize).cloned())
-                .unwrap_or_default()
-        };
-        ChatTemplate::new(source, &text(tokenizer.bos_id()), &text(tokenizer.eos_id()))
+        let text = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default();
+        ChatTemplate::new(source, text(tokenizer.bos_id()), text(tokenizer.eos_id()))
     }
 
     /// The Jinja source in use.

@@ -23,6 +23,7 @@
 
 use std::collections::{BinaryHeap, HashMap};
 use std::path::Path;
+use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use fancy_regex::Regex;
@@ -121,15 +122,80 @@ struct Merge {
     merged: u32,
 }
 
+/// Byte strings stored back to back in one buffer: entry `i` is
+/// `buf[ends[i - 1]..ends[i]]` (from 0 for the first).
+///
+/// Why: the tokenizer lives as long as the model, so its tables are resident during
+/// every forward pass. As `Vec<String>` a 49k-token vocabulary costs a 24-byte header
+/// plus a heap block of at least 32 bytes per token (~2.7 MB for SmolLM2's 7-byte
+/// average token, and the tokenizer kept three such tables); packed it is the bytes
+/// themselves plus 4 bytes of offset per token (~0.5 MB), in two allocations.
+#[derive(Debug, Default)]
+struct Packed {
+    buf: Vec<u8>,
+    ends: Vec<u32>,
+}
+
+impl Packed {
+    fn with_capacity(entries: usize, bytes: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(entries),
+        }
+    }
+
+    /// Append an entry; `false` (and nothing appended) when the buffer would pass the
+    /// 4 GiB that `u32` offsets address.
+    #[must_use]
+    fn push(&mut self, entry: &[u8]) -> bool {
+        let Some(end) = u32::try_from(self.buf.len() + entry.len()).ok() else {
+            return false;
+        };
+        self.buf.extend_from_slice(entry);
+        self.ends.push(end);
+        true
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Entry `i`, `None` past the end.
+    fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)? as usize;
+        let start = match i {
+            0 => 0,
+            _ => self.ends[i - 1] as usize,
+        };
+        self.buf.get(start..end)
+    }
+
+    /// Entry `i`, which the caller knows exists.
+    fn at(&self, i: u32) -> &[u8] {
+        self.get(i as usize)
+            .expect("ids handed to Packed::at come from the same table")
+    }
+}
+
 /// Byte-level BPE tokenizer rebuilt from GGUF metadata. Immutable and `Sync`: one instance
 /// serves every session of a model.
+///
+/// The vocabulary is stored packed ([`Packed`]): token texts (valid UTF-8, the stored
+/// form) and the bytes each token decodes to, plus the ids sorted by text for
+/// [`Tokenizer::id_of`]. Only the merge table is a hash map, since BPE probes it for
+/// every adjacent pair of symbols.
 #[derive(Debug)]
 pub struct Tokenizer {
-    tokens: Vec<String>,
+    /// The stored (byte-level encoded) text of each token; valid UTF-8.
+    texts: Packed,
+    /// [`Tokenizer::tokens`], made on first use.
+    strings: OnceLock<Vec<String>>,
     types: Vec<TokenType>,
     /// The bytes each token decodes to.
-    bytes: Vec<Vec<u8>>,
-    vocab: HashMap<String, u32>,
+    bytes: Packed,
+    /// Token ids sorted by text, one per distinct text (the lowest id when a text
+    /// repeats, as in HF's vocabulary map).
+    by_text: Vec<u32>,
     merges: HashMap<(u32, u32), Merge>,
     /// Token id of each byte's single-character token (`None` if the vocabulary lacks it).
     byte_tokens: [Option<u32>; 256],
@@ -186,13 +252,14 @@ impl Tokenizer {
                 format!("unsupported tokenizer model '{model}' (supported: gpt2, byte-level BPE)"),
             ));
         }
-        let strings = |key: &str| -> Result<Option<Vec<String>>> {
+        // Borrowed from the metadata: the tokenizer copies the texts once, packed.
+        let strings = |key: &str| -> Result<Option<Vec<&str>>> {
             match md.get(key) {
                 None => Ok(None),
                 Some(Value::Array(items)) => items
                     .iter()
                     .map(|v| match v {
-                        Value::String(s) => Ok(s.clone()),
+                        Value::String(s) => Ok(s.as_str()),
                         _ => Err(bad(key, "array element is not a string".into())),
                     })
                     .collect::<Result<Vec<_>>>()
@@ -265,9 +332,9 @@ impl Tokenizer {
         let add_bos = flag("tokenizer.ggml.add_bos_token").unwrap_or(true);
         Tokenizer::build(
             Parts {
-                tokens,
+                tokens: &tokens,
                 types,
-                merges,
+                merges: &merges,
                 pre_name,
                 bos,
                 eos,
@@ -281,7 +348,7 @@ impl Tokenizer {
         )
     }
 
-    fn build(p: Parts, path: &Path) -> Result<Tokenizer> {
+    fn build(p: Parts<'_>, path: &Path) -> Result<Tokenizer> {
         let bad = |key: &str, reason: String| Error::Metadata {
             path: path.to_path_buf(),
             key: key.to_string(),
@@ -293,38 +360,55 @@ impl Tokenizer {
             char_to_byte.insert(*c, b as u8);
         }
 
-        let mut vocab = HashMap::with_capacity(p.tokens.len());
-        for (i, t) in p.tokens.iter().enumerate() {
-            // On duplicates the first id wins, as in HF's vocabulary map.
-            vocab.entry(t.clone()).or_insert(i as u32);
-        }
-        let bytes: Vec<Vec<u8>> = p
-            .tokens
-            .iter()
-            .zip(&p.types)
-            .map(|(t, ty)| match ty {
+        let too_big = || {
+            bad(
+                "tokenizer.ggml.tokens",
+                "vocabulary texts exceed 4 GiB".into(),
+            )
+        };
+        let text_len: usize = p.tokens.iter().map(|t| t.len()).sum();
+        let mut texts = Packed::with_capacity(p.tokens.len(), text_len);
+        let mut bytes = Packed::with_capacity(p.tokens.len(), text_len);
+        let mut decoded = Vec::new();
+        for (t, ty) in p.tokens.iter().zip(&p.types) {
+            decoded.clear();
+            match ty {
                 TokenType::Normal | TokenType::Unknown | TokenType::Undefined => {
-                    let mut out = Vec::with_capacity(t.len());
                     for c in t.chars() {
                         match char_to_byte.get(&c) {
-                            Some(b) => out.push(*b),
+                            Some(b) => decoded.push(*b),
                             // Not from the byte alphabet: keep the character itself.
-                            None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                            None => {
+                                decoded.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes())
+                            }
                         }
                     }
-                    out
                 }
-                _ => t.as_bytes().to_vec(),
-            })
-            .collect();
+                _ => decoded.extend_from_slice(t.as_bytes()),
+            }
+            if !texts.push(t.as_bytes()) || !bytes.push(&decoded) {
+                return Err(too_big());
+            }
+        }
+
+        // Text -> id while building (borrowing the packed texts); on duplicates the first
+        // id wins, as in HF's vocabulary map. Dropped before the tokenizer is returned:
+        // afterwards `by_text` answers the rare lookups by binary search.
+        let mut vocab: HashMap<&[u8], u32> = HashMap::with_capacity(texts.len());
+        for i in 0..texts.len() as u32 {
+            vocab.entry(texts.at(i)).or_insert(i);
+        }
+        let mut by_text: Vec<u32> = vocab.values().copied().collect();
+        by_text.sort_unstable_by(|&a, &b| texts.at(a).cmp(texts.at(b)));
 
         let mut byte_tokens = [None; 256];
         for (b, c) in alphabet.iter().enumerate() {
-            byte_tokens[b] = vocab.get(c.encode_utf8(&mut [0; 4]) as &str).copied();
+            byte_tokens[b] = vocab.get(c.encode_utf8(&mut [0; 4]).as_bytes()).copied();
         }
 
         let mut merges = HashMap::with_capacity(p.merges.len());
         let mut skipped = 0usize;
+        let mut joined = String::new();
         for (rank, m) in p.merges.iter().enumerate() {
             let Some((l, r)) = m.split_once(' ') else {
                 return Err(bad(
@@ -332,9 +416,14 @@ impl Tokenizer {
                     format!("entry {rank} '{m}' has no space"),
                 ));
             };
-            let (Some(&li), Some(&ri), Some(&mi)) =
-                (vocab.get(l), vocab.get(r), vocab.get(&format!("{l}{r}")))
-            else {
+            joined.clear();
+            joined.push_str(l);
+            joined.push_str(r);
+            let (Some(&li), Some(&ri), Some(&mi)) = (
+                vocab.get(l.as_bytes()),
+                vocab.get(r.as_bytes()),
+                vocab.get(joined.as_bytes()),
+            ) else {
                 skipped += 1;
                 continue;
             };
@@ -376,14 +465,14 @@ impl Tokenizer {
             .zip(&p.types)
             .enumerate()
             .filter(|(_, (t, ty))| ty.is_special() && !t.is_empty())
-            .map(|(i, (t, ty))| (t.clone(), i as u32, *ty))
+            .map(|(i, (t, ty))| (t.to_string(), i as u32, *ty))
             .collect();
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
 
         // End of turn: the file's own entry, else the first chat end marker present.
         let find = |text: &str| {
             vocab
-                .get(text)
+                .get(text.as_bytes())
                 .copied()
                 .filter(|&i| p.types[i as usize].is_special())
         };
@@ -407,12 +496,14 @@ impl Tokenizer {
         );
         eog.sort_unstable();
         eog.dedup();
+        drop(vocab);
 
         Ok(Tokenizer {
-            tokens: p.tokens,
+            texts,
+            strings: OnceLock::new(),
             types: p.types,
             bytes,
-            vocab,
+            by_text,
             merges,
             byte_tokens,
             pre_name: p.pre_name,
@@ -599,15 +690,12 @@ impl Tokenizer {
     ///
     /// Errors: [`Error::Tokenizer`] for an id outside the vocabulary.
     pub fn token_bytes(&self, id: u32) -> Result<&[u8]> {
-        self.bytes
-            .get(id as usize)
-            .map(Vec::as_slice)
-            .ok_or_else(|| {
-                Error::Tokenizer(format!(
-                    "token id {id} outside the vocabulary of {}",
-                    self.tokens.len()
-                ))
-            })
+        self.bytes.get(id as usize).ok_or_else(|| {
+            Error::Tokenizer(format!(
+                "token id {id} outside the vocabulary of {}",
+                self.vocab_size()
+            ))
+        })
     }
 
     /// The text of one token, lossily decoded (a partial UTF-8 character shows as U+FFFD).
@@ -617,12 +705,31 @@ impl Tokenizer {
 
     /// The id of a vocabulary entry by its stored form (e.g. `"<|im_end|>"`, `"Ġthe"`).
     pub fn id_of(&self, token: &str) -> Option<u32> {
-        self.vocab.get(token).copied()
+        let k = self
+            .by_text
+            .binary_search_by(|&i| self.texts.at(i).cmp(token.as_bytes()))
+            .ok()?;
+        Some(self.by_text[k])
+    }
+
+    /// The stored (byte-level encoded) form of one token, e.g. `"Ġthe"` or
+    /// `"<|im_end|>"`; `None` for an id outside the vocabulary.
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        // Every entry was pushed from a `&str`, so this never fails for a valid id.
+        std::str::from_utf8(self.texts.get(id as usize)?).ok()
     }
 
     /// The vocabulary entries in id order, in their stored (byte-level encoded) form.
+    ///
+    /// Made on the first call and kept: one `String` per token (megabytes for a large
+    /// vocabulary), which a model that never asks for the whole list does not pay for.
+    /// For single tokens use [`Tokenizer::token_text`].
     pub fn tokens(&self) -> &[String] {
-        &self.tokens
+        self.strings.get_or_init(|| {
+            (0..self.vocab_size() as u32)
+                .map(|i| self.token_text(i).unwrap_or_default().to_string())
+                .collect()
+        })
     }
 
     /// The type of a token (`None` for an id outside the vocabulary).
@@ -632,7 +739,7 @@ impl Tokenizer {
 
     /// Number of vocabulary entries.
     pub fn vocab_size(&self) -> usize {
-        self.tokens.len()
+        self.types.len()
     }
 
     /// The pre-tokenizer name from the file (`tokenizer.ggml.pre`, "default" if absent).
@@ -683,11 +790,11 @@ impl Tokenizer {
     }
 }
 
-/// Everything [`Tokenizer::build`] needs, read from the metadata.
-struct Parts {
-    tokens: Vec<String>,
+/// Everything [`Tokenizer::build`] needs, read from (and borrowing) the metadata.
+struct Parts<'a> {
+    tokens: &'a [&'a str],
     types: Vec<TokenType>,
-    merges: Vec<String>,
+    merges: &'a [&'a str],
     pre_name: String,
     bos: Option<u32>,
     eos: Option<u32>,
@@ -770,10 +877,7 @@ mod tests {
     fn toy(pre: &str) -> Tokenizer {
         let alphabet = byte_alphabet();
         let mut tokens: Vec<String> = alphabet.iter().map(|c| c.to_string()).collect();
-        let merges: Vec<String> = ["a b", "ab c", "Ġ a", "c c", "a a"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let merges = ["a b", "ab c", "Ġ a", "c c", "a a"];
         tokens.extend(
             ["ab", "abc", "Ġa", "cc", "aa"]
                 .iter()
@@ -782,6 +886,7 @@ mod tests {
         tokens.push("<|im_end|>".into());
         tokens.push("<|im_end|>x".into());
         tokens.push("<tool>".into());
+        let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
         let mut types = vec![TokenType::Normal; tokens.len()];
         let n = types.len();
         types[n - 3] = TokenType::Control;
@@ -789,9 +894,9 @@ mod tests {
         types[n - 1] = TokenType::UserDefined;
         Tokenizer::build(
             Parts {
-                tokens,
+                tokens: &tokens,
                 types,
-                merges,
+                merges: &merges,
                 pre_name: pre.into(),
                 bos: None,
                 eos: Some(n as u32 - 3),
@@ -881,6 +986,104 @@ mod tests {
         assert_eq!(s.push(&t, b(b'a')).unwrap(), "\u{fffd}a");
         assert_eq!(s.push(&t, b(0xe2)).unwrap(), "");
         assert_eq!(s.finish(), "\u{fffd}");
+    }
+
+    #[test]
+    fn packed_entries_round_trip() {
+        let mut p = Packed::default();
+        for e in [&b"abc"[..], b"", b"\xff\x00", b"d"] {
+            assert!(p.push(e));
+        }
+        assert_eq!(p.len(), 4);
+        assert_eq!(p.get(0), Some(&b"abc"[..]));
+        assert_eq!(p.get(1), Some(&b""[..]));
+        assert_eq!(p.get(2), Some(&b"\xff\x00"[..]));
+        assert_eq!(p.at(3), b"d");
+        assert_eq!(p.get(4), None);
+        assert_eq!(p.buf.len(), 6, "one buffer, no per-entry padding");
+    }
+
+    #[test]
+    fn lookups_by_text_and_id_agree() {
+        let t = toy("gpt2");
+        let n = t.vocab_size() as u32;
+        for id in 0..n {
+            let text = t.token_text(id).unwrap();
+            // The toy vocabulary has no duplicate texts: every id is found again.
+            assert_eq!(t.id_of(text), Some(id), "{text:?}");
+            assert_eq!(t.tokens()[id as usize], text);
+        }
+        assert_eq!(t.tokens().len(), n as usize);
+        assert_eq!(t.token_text(n), None);
+        assert_eq!(t.id_of("not a token"), None);
+        assert_eq!(t.id_of(""), None);
+        // Special tokens decode to their text; byte-level tokens to their byte.
+        assert_eq!(
+            t.token_bytes(t.id_of("<tool>").unwrap()).unwrap(),
+            b"<tool>"
+        );
+        assert_eq!(t.token_bytes(t.id_of("Ġa").unwrap()).unwrap(), b" a");
+    }
+
+    #[test]
+    fn duplicate_texts_resolve_to_the_first_id() {
+        let alphabet = byte_alphabet();
+        let mut tokens: Vec<String> = alphabet.iter().map(|c| c.to_string()).collect();
+        tokens.push("ab".into());
+        tokens.push("a".into()); // a second "a"
+        tokens.push("ab".into()); // a second "ab"
+        let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let t = Tokenizer::build(
+            Parts {
+                tokens: &tokens,
+                types: vec![TokenType::Normal; tokens.len()],
+                merges: &["a b"],
+                pre_name: "gpt2".into(),
+                bos: None,
+                eos: None,
+                eot: None,
+                eom: None,
+                unk: None,
+                pad: None,
+                add_bos: false,
+            },
+            Path::new("dup"),
+        )
+        .unwrap();
+        let a = u32::from(b'a');
+        assert_eq!(t.id_of("a"), Some(a));
+        assert_eq!(t.id_of("ab"), Some(256));
+        assert_eq!(t.encode("ab", false).unwrap(), vec![256]);
+        assert_eq!(t.token_text(257), Some("a"));
+        assert_eq!(t.tokens()[258], "ab");
+    }
+
+    /// The packed tables hold exactly what the file's metadata holds.
+    #[test]
+    fn packed_vocabulary_matches_the_gguf_metadata() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"))
+            .join("SmolLM2-135M-Instruct.Q4_1.gguf");
+        let f = std::fs::File::open(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}: run scripts/fetch-models", path.display()));
+        let content =
+            Content::read(&mut std::io::BufReader::new(f)).expect("default model is a GGUF");
+        let t = Tokenizer::from_gguf(&content, &path).unwrap();
+        let Some(Value::Array(items)) = content.metadata.get("tokenizer.ggml.tokens") else {
+            panic!("no token list");
+        };
+        assert_eq!(t.vocab_size(), items.len());
+        let mut first: HashMap<&str, u32> = HashMap::new();
+        for (i, v) in items.iter().enumerate() {
+            let Value::String(s) = v else {
+                panic!("token {i} is not a string")
+            };
+            assert_eq!(t.token_text(i as u32), Some(s.as_str()));
+            first.entry(s.as_str()).or_insert(i as u32);
+        }
+        for (s, id) in first {
+            assert_eq!(t.id_of(s), Some(id), "{s:?}");
+        }
+        assert_eq!(t.tokens().len(), items.len());
     }
 
     #[test]

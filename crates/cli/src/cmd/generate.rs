@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use overseer_lm::{GenerateOptions, LoadOptions, Message, Model, SamplingParams};
+use overseer_lm::{GenerateOptions, Message, Model, SamplingParams};
 
 use crate::settings::{self, Global};
 
@@ -72,11 +72,12 @@ pub struct Args {
     pub prompt: String,
 }
 
-/// Load the model at `path` with the global thread setting.
+/// Load the model at `path` with the global thread and device settings.
 pub fn load_model(g: &Global, path: &std::path::Path) -> Result<Model> {
     tracing::info!("loading {}", path.display());
+    let opts = g.load_options()?;
     // The runtime's errors already name the file.
-    Ok(Model::load(path, &LoadOptions::cpu(Some(g.threads())))?)
+    Ok(Model::load(path, &opts)?)
 }
 
 pub fn run(g: &Global, a: Args) -> Result<()> {

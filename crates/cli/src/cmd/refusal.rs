@@ -206,7 +206,7 @@ fn load_model(g: &Global, model: Option<&Path>) -> Result<(PathBuf, Model)> {
     // GEMMs; decode steps and short calls keep the 8-bit kernels.
     let opts = LoadOptions {
         f32_gemm_rows: Some(LAB_F32_GEMM_ROWS),
-        ..LoadOptions::cpu(Some(g.threads()))
+        ..g.load_options()?
     };
     let m = Model::load(&path, &opts).with_context(|| format!("cannot load {}", path.display()))?;
     Ok((path, m))

@@ -182,10 +182,7 @@ mod backends {
                 let name = path
                     .file_stem()
                     .map_or_else(|| "local".to_string(), |s| s.to_string_lossy().into_owned());
-                let opts = overseer_lm::LoadOptions {
-                    threads: Some(g.threads()),
-                    ..overseer_lm::LoadOptions::default()
-                };
+                let opts = g.load_options()?;
                 let model = Arc::new(
                     overseer_lm::Model::load(&path, &opts)
                         .with_context(|| format!("cannot load {}", path.display()))?,
