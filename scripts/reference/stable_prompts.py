@@ -33,20 +33,11 @@ from importlib.metadata import version
 
 import numpy as np
 
+from logits_fixture import MODELS, PROMPTS
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-MODELS = {
-    "smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf",
-    "qwen2.5": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-}
 CANDIDATES = [
-    [{"role": "user", "content": "Write a short story about a robot who learns to paint."}],
-    [{"role": "user", "content": "Explain how a hash map works, step by step."}],
-    [
-        {"role": "system", "content": "You are a concise assistant."},
-        {"role": "user", "content": "List five facts about the Moon."},
-    ],
-    [{"role": "user", "content": "Write a Python function that checks whether a number is prime, and explain it."}],
-    [{"role": "user", "content": "What were the main causes of the French Revolution?"}],
+    *PROMPTS,  # logits_fixture.py's five, first
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "user", "content": "Translate 'good morning' into Spanish, French and German."}],
     [{"role": "user", "content": "Write a haiku about the ocean."}],

@@ -149,25 +149,27 @@ fn max_abs_diff(ours: &[f32], ids: &[u32], values: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The last position's logits after feeding `toks` to session `s`.
+fn last_logits(model: &Model, s: &mut overseer_lm::Session, toks: &[u32]) -> Vec<f32> {
+    model
+        .forward(
+            s,
+            &[toks.to_vec()],
+            ForwardOptions {
+                hooks: None,
+                logits: Logits::Last,
+            },
+        )
+        .expect("forward")
+        .squeeze(0)
+        .and_then(|t| t.to_vec1::<f32>())
+        .expect("(1, vocab) logits")
+}
+
 /// Our 32 (`n`) greedy tokens after `ids`, through `generate` (which stops at an
 /// end-of-generation token); after an early stop, argmax steps continue so all `n`
 /// positions of the fixture (which ignores end tokens) are compared.
 fn greedy_path(model: &Model, ids: &[u32], n_gen: usize, what: &str) -> Vec<u32> {
-    let step = |s: &mut overseer_lm::Session, toks: &[u32]| -> Vec<f32> {
-        model
-            .forward(
-                s,
-                &[toks.to_vec()],
-                ForwardOptions {
-                    hooks: None,
-                    logits: Logits::Last,
-                },
-            )
-            .expect("forward")
-            .squeeze(0)
-            .and_then(|t| t.to_vec1::<f32>())
-            .expect("(1, vocab) logits")
-    };
     let opts = GenerateOptions {
         max_tokens: n_gen,
         sampling: SamplingParams::greedy(),
@@ -186,7 +188,7 @@ fn greedy_path(model: &Model, ids: &[u32], n_gen: usize, what: &str) -> Vec<u32>
             .last()
             .unwrap_or(ids.last().expect("prompt is not empty"));
         s.truncate(s.len() - 1);
-        let mut logits = step(&mut s, &[last]);
+        let mut logits = last_logits(model, &mut s, &[last]);
         let end = argmax(&logits);
         assert!(
             model.tokenizer().is_eog(end),
@@ -194,7 +196,7 @@ fn greedy_path(model: &Model, ids: &[u32], n_gen: usize, what: &str) -> Vec<u32>
         );
         ours.push(end);
         while ours.len() < n_gen {
-            logits = step(&mut s, &[*ours.last().expect("not empty")]);
+            logits = last_logits(model, &mut s, &[*ours.last().expect("not empty")]);
             ours.push(argmax(&logits));
         }
     } else {
@@ -244,22 +246,7 @@ fn check_model(fixture: &str, file: &str) {
         );
 
         // Final prompt position.
-        let step = |s: &mut overseer_lm::Session, toks: &[u32]| -> Vec<f32> {
-            model
-                .forward(
-                    s,
-                    &[toks.to_vec()],
-                    ForwardOptions {
-                        hooks: None,
-                        logits: Logits::Last,
-                    },
-                )
-                .expect("forward")
-                .squeeze(0)
-                .and_then(|t| t.to_vec1::<f32>())
-                .expect("(1, vocab) logits")
-        };
-        let first = step(&mut model.session(1), &ids);
+        let first = last_logits(&model, &mut model.session(1), &ids);
         let ll = &prompt.llama_cpp;
         let d_ll = max_abs_diff(&first, &ll.final_top_ids, &ll.final_top_values);
         let d_hf = max_abs_diff(
@@ -454,19 +441,7 @@ fn check_stable_set(stable: &str, logits: &str, file: &str) {
                 let mut s = model.session(1);
                 let mut v = Vec::new();
                 for toks in std::iter::once(&ids[..]).chain(ours[..k].chunks(1)) {
-                    v = model
-                        .forward(
-                            &mut s,
-                            &[toks.to_vec()],
-                            ForwardOptions {
-                                hooks: None,
-                                logits: Logits::Last,
-                            },
-                        )
-                        .expect("forward")
-                        .squeeze(0)
-                        .and_then(|t| t.to_vec1::<f32>())
-                        .expect("(1, vocab) logits");
+                    v = last_logits(&model, &mut s, toks);
                 }
                 assert_eq!(
                     argmax(&v),
