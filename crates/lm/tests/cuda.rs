@@ -25,7 +25,7 @@ use overseer_lm::candle_core::quantized::{GgmlDType, QTensor};
 use overseer_lm::candle_core::{Device, Tensor};
 use overseer_lm::{
     Ablation, ForwardOptions, Hook, HookContext, HookPoint, LoadOptions, Logits, MeanCapture,
-    Message, Model, Positions, RawCapture,
+    Message, Model, Positions, RawCapture, Session,
 };
 
 /// Largest logit difference allowed on the synthetic models, as a fraction of the
@@ -272,6 +272,32 @@ fn assert_row_close(cpu: &[f32], gpu: &[f32], tol: f32, what: &str) -> f32 {
     d / sc
 }
 
+/// Feed `tokens` to a CPU and a GPU session, compare the last-position logits of every
+/// row (`assert_row_close`, labelled `what row r`); the CPU's rows and the worst
+/// difference.
+fn forward_both(
+    cpu: &Model,
+    gpu: &Model,
+    (sc, sg): (&mut Session, &mut Session),
+    tokens: &[Vec<u32>],
+    tol: f32,
+    what: &str,
+) -> (Vec<Vec<f32>>, f32) {
+    let lc = to_rows(
+        &cpu.forward(sc, tokens, ForwardOptions::last())
+            .expect("cpu"),
+    );
+    let lg = to_rows(
+        &gpu.forward(sg, tokens, ForwardOptions::last())
+            .expect("gpu"),
+    );
+    let mut worst = 0f32;
+    for (r, (c, g)) in lc.iter().zip(&lg).enumerate() {
+        worst = worst.max(assert_row_close(c, g, tol, &format!("{what} row {r}")));
+    }
+    (lc, worst)
+}
+
 /// Prefill of a left-padded batch, then teacher-forced decode steps (the CPU's greedy
 /// tokens fed to both), then a session forked from a shared prefix: every step's
 /// logits agree. Returns the worst relative difference.
@@ -279,36 +305,13 @@ fn compare_forward(cpu: &Model, gpu: &Model, prompts: &[Vec<u32>], steps: usize,
     let mut worst = 0f32;
     let b = prompts.len();
     let (mut sc, mut sg) = (cpu.session(b), gpu.session(b));
-    let lc = to_rows(
-        &cpu.forward(&mut sc, prompts, ForwardOptions::last())
-            .expect("cpu"),
-    );
-    let lg = to_rows(
-        &gpu.forward(&mut sg, prompts, ForwardOptions::last())
-            .expect("gpu"),
-    );
-    for r in 0..b {
-        worst = worst.max(assert_row_close(
-            &lc[r],
-            &lg[r],
-            tol,
-            &format!("prefill row {r}"),
-        ));
-    }
+    let (lc, w) = forward_both(cpu, gpu, (&mut sc, &mut sg), prompts, tol, "prefill");
+    worst = worst.max(w);
     let mut next: Vec<Vec<u32>> = lc.iter().map(|l| vec![top2(l).0 as u32]).collect();
     for step in 0..steps {
-        let lc = to_rows(
-            &cpu.forward(&mut sc, &next, ForwardOptions::last())
-                .expect("cpu"),
-        );
-        let lg = to_rows(
-            &gpu.forward(&mut sg, &next, ForwardOptions::last())
-                .expect("gpu"),
-        );
-        for r in 0..b {
-            let what = format!("decode step {step} row {r}");
-            worst = worst.max(assert_row_close(&lc[r], &lg[r], tol, &what));
-        }
+        let what = format!("decode step {step}");
+        let (lc, w) = forward_both(cpu, gpu, (&mut sc, &mut sg), &next, tol, &what);
+        worst = worst.max(w);
         next = lc.iter().map(|l| vec![top2(l).0 as u32]).collect();
     }
 
@@ -323,22 +326,8 @@ fn compare_forward(cpu: &Model, gpu: &Model, prompts: &[Vec<u32>], steps: usize,
         pc.fork(b, steps).expect("cpu fork"),
         pg.fork(b, steps).expect("gpu fork"),
     );
-    let lc = to_rows(
-        &cpu.forward(&mut fc, prompts, ForwardOptions::last())
-            .expect("cpu"),
-    );
-    let lg = to_rows(
-        &gpu.forward(&mut fg, prompts, ForwardOptions::last())
-            .expect("gpu"),
-    );
-    for r in 0..b {
-        worst = worst.max(assert_row_close(
-            &lc[r],
-            &lg[r],
-            tol,
-            &format!("forked row {r}"),
-        ));
-    }
+    let (_, w) = forward_both(cpu, gpu, (&mut fc, &mut fg), prompts, tol, "forked");
+    worst = worst.max(w);
     worst
 }
 
