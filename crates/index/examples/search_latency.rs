@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p overseer-index --example search_latency -- \
-//!     DATA_DIR QUERIES.jsonl [--models DIR] [--threads N] [--repeat R] [--k K] [--mode M]
+//!     DATA_DIR QUERIES.jsonl [--models DIR] [--threads N] [--repeat R] [--k K] [--mode M] [--depth D]
 //! ```
 //!
 //! Opens `DATA_DIR` with the MiniLM embedder, runs every query of a BEIR queries file
@@ -39,11 +39,12 @@ fn row(name: &str, v: &mut [f64]) {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let usage = "usage: search_latency DATA_DIR QUERIES.jsonl [--models DIR] [--threads N] \
-                 [--repeat R] [--k K] [--mode bm25|dense|hybrid]";
+                 [--repeat R] [--k K] [--mode bm25|dense|hybrid] [--depth D]";
     let data = PathBuf::from(args.next().ok_or(usage)?);
     let queries = PathBuf::from(args.next().ok_or(usage)?);
     let mut models = PathBuf::from("models/all-minilm-l6-v2");
     let (mut threads, mut repeat, mut k, mut mode) = (0usize, 3usize, 100usize, Mode::Hybrid);
+    let mut depth = overseer_index::DEFAULT_DEPTH;
     while let Some(flag) = args.next() {
         let val = args.next().ok_or(usage)?;
         match flag.as_str() {
@@ -52,6 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--repeat" => repeat = val.parse()?,
             "--k" => k = val.parse()?,
             "--mode" => mode = val.parse()?,
+            "--depth" => depth = val.parse()?,
             _ => return Err(usage.into()),
         }
     }
@@ -70,7 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "index: {} docs, {} chunks; model load {load_ms:.0} ms, index open {open_ms:.1} ms; \
          {} embedder threads; {} queries, tokens/query mean {:.1} max {}; mode {}, k {k}, \
-         {repeat} runs",
+         depth {depth}, {repeat} runs",
         stats.docs,
         stats.chunks,
         embedder.threads(),
@@ -84,6 +86,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for q in &texts {
         let mut req = SearchRequest::new(q.clone(), k);
         req.mode = mode;
+        req.depth = depth;
         index.search(&req)?;
     }
     let mut total = Vec::new();
@@ -96,6 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             embed_alone.push(t.elapsed().as_secs_f64() * 1e3);
             let mut req = SearchRequest::new(q.clone(), k);
             req.mode = mode;
+            req.depth = depth;
             let t = Instant::now();
             let (_, st) = index.search_timed(&req)?;
             total.push(t.elapsed().as_secs_f64() * 1e3);

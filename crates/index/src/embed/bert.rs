@@ -131,7 +131,7 @@ impl Bert {
         layer.qkv.forward(&s.x, total, &mut s.qkv, par, Act::None);
 
         // Attention, one sequence and one head at a time, on strided views into qkv. With
-        // a team the heads of each sequence are split between its two threads, each with
+        // a team the heads of each sequence are shared between its two threads, each with
         // its own scores buffer (a query's 12 heads took 0.35–0.5 ms on one thread).
         let mut start = 0;
         for seq in seqs {
@@ -153,14 +153,12 @@ impl Bert {
             };
             match par {
                 Par::Team(team) if heads >= 2 => {
-                    let half = heads / 2;
-                    team.split(
-                        // SAFETY: the two halves write disjoint heads (disjoint columns
-                        // of ctx), each with its own half of the scratch.
-                        || unsafe { view.heads(0..half, scratch(sc0)) },
-                        // SAFETY: as above.
-                        || unsafe { view.heads(half..heads, scratch(sc1)) },
-                    );
+                    team.share(heads, |worker, head| {
+                        let sc = if worker == 0 { sc0 } else { sc1 };
+                        // SAFETY: each head is run once and writes only its own columns
+                        // of ctx; each worker has its own half of the scratch.
+                        unsafe { view.heads(head..head + 1, scratch(sc)) }
+                    });
                 }
                 // SAFETY: one thread; ctx is borrowed mutably through `s`.
                 _ => unsafe { view.heads(0..heads, scratch(sc0)) },

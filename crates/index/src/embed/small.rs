@@ -25,6 +25,8 @@ const PANEL: usize = 16;
 const MAX_BLOCK: usize = 6;
 /// Panels per parallel task (each task gets at least this much work: ~100 µs).
 const MIN_PANELS_PER_TASK: usize = 8;
+/// Items a matmul is cut into for a [`Team`](super::team::Team) (see `Team::share`).
+const TEAM_ITEMS: usize = 16;
 
 /// A `[in_dim, out_dim]` weight matrix as f16 panels (see the module docs).
 #[derive(Debug, Clone)]
@@ -95,7 +97,7 @@ impl Panels {
 
     /// `out[m, out_dim] = act(x[m, in_dim] W + bias)`, returning `false` (and touching
     /// nothing) when the CPU lacks AVX2/FMA/F16C. With `Parallelism::Rayon(t)`, `t > 1`,
-    /// panels are split across the current rayon pool; with a team, in two halves. The
+    /// panels are split across the current rayon pool; with a team, shared in small runs. The
     /// activation is applied to each 16-column tile while it is in L1, on the thread that
     /// computed it (a separate pass over the output ran on one thread only).
     pub fn forward(
@@ -141,8 +143,12 @@ impl Panels {
         if tasks == 1 {
             run(0..n_panels);
         } else if let Par::Team(team) = par {
-            let half = n_panels / 2;
-            team.split(|| run(0..half), || run(half..n_panels));
+            // About 16 items per matmul (one to six panels each, 4–30 µs of work), shared
+            // between the two threads as they come free.
+            let per = (n_panels / TEAM_ITEMS).max(1);
+            team.share(n_panels.div_ceil(per), |_, i| {
+                run(i * per..((i + 1) * per).min(n_panels));
+            });
         } else {
             use rayon::prelude::*;
             let per = n_panels.div_ceil(tasks);
