@@ -215,10 +215,10 @@ pub(crate) fn text_query(index: &tantivy::Index, f: &Fields, query: &str) -> Box
 /// word. tantivy runs block-max WAND (skipping postings blocks that cannot reach the
 /// top `n`) only over a union whose every clause is a term query, so this lifts each
 /// word's two term queries into the outer union: the same clauses, summed the same way,
-/// so the same scores up to float summation order (the eval numbers are unchanged),
-/// while BM25 on stop-word-heavy questions takes about a third less time
-/// (`docs/BENCHMARKS.md`). Any other shape (a phrase from `AI's`, a `field:` term, a
-/// `+`/`-` clause) is kept as parsed.
+/// so the same scores up to float summation order (the eval numbers are unchanged).
+/// Measured on the full corpus: BM25 p50 about 13% lower, p99 higher (WAND's pivoting
+/// costs more on a few queries; `docs/BENCHMARKS.md`, session 6). Any other shape (a
+/// phrase from `AI's`, a `field:` term, a `+`/`-` clause) is kept as parsed.
 fn flatten_words(q: Box<dyn Query>, f: &Fields) -> Box<dyn Query> {
     let Some(outer) = q.downcast_ref::<BooleanQuery>() else {
         return q;
