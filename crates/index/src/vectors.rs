@@ -110,6 +110,17 @@ fn score_rows(rows: &[f32], query: &[f32], out: &mut [f32]) {
     }
 }
 
+/// The eight lanes of `v` summed as [`reduce8`] sums an array (same order, so the
+/// kernels below stay bit-identical to [`dot`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn hsum8(v: std::arch::x86_64::__m256) -> f32 {
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` holds 8 floats.
+    unsafe { std::arch::x86_64::_mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+    reduce8(&lanes)
+}
+
 /// [`score_rows`] with AVX2+FMA: four rows per iteration, one accumulator register
 /// each, so four independent FMA chains hide the FMA latency and every query chunk
 /// loaded serves four rows.
@@ -125,10 +136,7 @@ unsafe fn score_rows_avx2(rows: &[f32], query: &[f32], out: &mut [f32]) {
     let n = out.len();
     assert!(rows.len() >= n * dim, "caller passes n rows");
     let finish = |acc: __m256, row: &[f32]| {
-        let mut lanes = [0f32; 8];
-        // SAFETY: `lanes` holds 8 floats.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-        let mut s = reduce8(&lanes);
+        let mut s = hsum8(acc);
         for (x, y) in row[full..].iter().zip(&query[full..]) {
             s += x * y;
         }
@@ -515,12 +523,6 @@ unsafe fn score_rows_f16(rows: &[u16], query: &[f32], out: &mut [f32]) {
             .map(|(&h, &y)| half::f16::from_bits(h).to_f32() * y)
             .sum()
     };
-    let hsum = |v: __m256| -> f32 {
-        let mut lanes = [0f32; 8];
-        // SAFETY: `lanes` holds 8 floats.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
-        reduce8(&lanes)
-    };
     let qp = query.as_ptr();
     let mut r = 0;
     while r + 4 <= n {
@@ -542,7 +544,7 @@ unsafe fn score_rows_f16(rows: &[u16], query: &[f32], out: &mut [f32]) {
         };
         for (j, acc) in a.into_iter().enumerate() {
             let row = &rows[(r + j) * dim..(r + j + 1) * dim];
-            out[r + j] = hsum(acc) + tail(row);
+            out[r + j] = hsum8(acc) + tail(row);
         }
         r += 4;
     }
