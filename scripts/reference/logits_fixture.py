@@ -57,6 +57,14 @@ def r4(x):
     return round(float(x), 4)
 
 
+def write_fixture(out, fixture):
+    """Compact JSON, one trailing newline; prints the size."""
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(fixture, f, ensure_ascii=False, separators=(",", ":"))
+        f.write("\n")
+    print(f"{out}: {os.path.getsize(out)} bytes")
+
+
 def summary(v):
     v = np.asarray(v, dtype=np.float64)
     m = v.max()
@@ -171,11 +179,7 @@ def main():
             "settings": {"n_threads": 2, "n_batch": 512, "n_gen": N_GEN, "top": TOP, "greedy": "argmax"},
             "prompts": rows,
         }
-        out = os.path.join(out_dir, f"logits-{key}.json")
-        with open(out, "w", encoding="utf-8") as f:
-            json.dump(fixture, f, ensure_ascii=False, separators=(",", ":"))
-            f.write("\n")
-        print(f"{out}: {os.path.getsize(out)} bytes")
+        write_fixture(os.path.join(out_dir, f"logits-{key}.json"), fixture)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from importlib.metadata import version
 
 import numpy as np
 
-from logits_fixture import MODELS, PROMPTS
+from logits_fixture import MODELS, PROMPTS, r4, write_fixture
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CANDIDATES = [
@@ -81,10 +81,6 @@ N_GEN = 32
 # the machine is busy (two spinning ggml threads on a loaded 2-core machine did).
 THREADS = 1
 N_SELECT = 5
-
-
-def r4(x):
-    return round(float(x), 4)
 
 
 def llama_cpp_path(ll, prompt_ids, with_top2):
@@ -182,11 +178,7 @@ def main():
             "selected": selected,
             "candidates": rows,
         }
-        out = os.path.join(out_dir, f"stable-{key}.json")
-        with open(out, "w", encoding="utf-8") as f:
-            json.dump(fixture, f, ensure_ascii=False, separators=(",", ":"))
-            f.write("\n")
-        print(f"{out}: {os.path.getsize(out)} bytes")
+        write_fixture(os.path.join(out_dir, f"stable-{key}.json"), fixture)
 
 
 if __name__ == "__main__":
