@@ -9,7 +9,7 @@
 //! and attention runs per sequence on views into the fused QKV matrix (no copies).
 
 use super::ops::{self, Act, Linear};
-use super::team::Par;
+use super::team::{Par, SharedPtr};
 
 /// Shape of a BERT encoder (from the model's `config.json`).
 #[derive(Debug, Clone, PartialEq)]
@@ -189,22 +189,6 @@ impl Bert {
             &layer.ln2_b,
             self.cfg.eps,
         );
-    }
-}
-
-/// A raw pointer handed to both threads of a team, which write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct SharedPtr(*mut f32);
-// SAFETY: every user writes a part of the pointee that no other thread touches (see
-// `Bert::layer_forward`).
-unsafe impl Send for SharedPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SharedPtr {}
-
-impl SharedPtr {
-    /// Through a method, so closures capture the whole (Send + Sync) wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 

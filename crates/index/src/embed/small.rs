@@ -17,7 +17,7 @@
 use gemm::Parallelism;
 
 use super::ops::Act;
-use super::team::Par;
+use super::team::{Par, SharedPtr};
 
 /// Output columns per panel.
 const PANEL: usize = 16;
@@ -48,22 +48,6 @@ pub(crate) fn supported() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
-    }
-}
-
-/// Output pointer shared by the tasks of one call; each task writes its own columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint column ranges of the output (see `Panels::forward`).
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// Through a method, so closures capture the whole (Send + Sync) wrapper rather
-    /// than its raw-pointer field.
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 
@@ -127,7 +111,8 @@ impl Panels {
             Par::Team(_) if n_panels >= 2 => 2,
             _ => 1,
         };
-        let out_ptr = OutPtr(out.as_mut_ptr());
+        // Each task writes only its own output columns.
+        let out_ptr = SharedPtr(out.as_mut_ptr());
         let run = |panels: std::ops::Range<usize>| {
             let dst = out_ptr.get();
             // SAFETY: the CPU features were checked by `supported()`; x holds m×k, the

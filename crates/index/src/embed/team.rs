@@ -16,6 +16,25 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use gemm::Parallelism;
 
+/// A raw pointer into a buffer that several threads write at once, each a part no
+/// other thread touches (output columns of a matmul, heads of an attention; the users
+/// state which parts in their `SAFETY` comments).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedPtr(pub *mut f32);
+// SAFETY: the wrapper only carries the address; every dereference is an `unsafe` block
+// at a use site that writes a disjoint part (see above).
+unsafe impl Send for SharedPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SharedPtr {}
+
+impl SharedPtr {
+    /// Through a method, so closures capture the whole (Send + Sync) wrapper rather
+    /// than its raw-pointer field.
+    pub fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// How a dense layer may use other threads.
 #[derive(Clone, Copy)]
 pub(crate) enum Par<'a> {
