@@ -440,27 +440,20 @@ impl HalfMatrix {
             }
             _ => pass(&self.data, &mut approx),
         }
-        // k-th best approximate score among allowed rows.
-        let mut top = TopK::new(k);
-        for (row, &score) in approx.iter().enumerate() {
-            if top.threshold().is_some_and(|t| score < t) || !allow(row) {
-                continue;
-            }
-            top.push(Scored {
-                row: row as u32,
-                score,
-            });
+        // k-th best approximate score among allowed rows: a linear-time selection over a
+        // copy of the scores (a heap of k = 400 over 5,833 rows took ~0.1 ms a query).
+        let mut allowed: Vec<f32> = approx
+            .iter()
+            .enumerate()
+            .filter(|&(row, _)| allow(row))
+            .map(|(_, &score)| score)
+            .collect();
+        if allowed.len() <= k {
+            // At most k allowed rows: all of them are the answer.
+            let rows = (0..rows).filter(|&r| allow(r)).map(|r| r as u32);
+            return rescore(matrix, dim, query, k, rows);
         }
-        let Some(t) = top.threshold() else {
-            // Fewer than k allowed rows: all of them are the answer.
-            return rescore(
-                matrix,
-                dim,
-                query,
-                k,
-                top.into_sorted().into_iter().map(|s| s.row),
-            );
-        };
+        let (_, &mut t, _) = allowed.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
         let floor = t - margin;
         if !floor.is_finite() {
             return exact_search(matrix, dim, query, k, allow);
@@ -475,6 +468,10 @@ impl HalfMatrix {
 }
 
 /// The best `k` of `rows`, scored exactly with [`dot`].
+///
+/// The rows are scattered through a matrix that the query embedding has mostly evicted
+/// from the caches, so the next rows are prefetched while one is scored (each row a new
+/// stream that the hardware prefetcher would only pick up after its first misses).
 fn rescore(
     matrix: &[f32],
     dim: usize,
@@ -482,15 +479,41 @@ fn rescore(
     k: usize,
     rows: impl Iterator<Item = u32>,
 ) -> Vec<Scored> {
+    /// Rows fetched ahead of the one being scored.
+    const AHEAD: usize = 4;
+    let rows: Vec<u32> = rows.collect();
+    let row_of = |r: u32| &matrix[r as usize * dim..(r as usize + 1) * dim];
+    for &r in rows.iter().take(AHEAD) {
+        prefetch(row_of(r));
+    }
     let mut top = TopK::new(k);
-    for row in rows {
-        let r = row as usize;
+    for (i, &row) in rows.iter().enumerate() {
+        if let Some(&next) = rows.get(i + AHEAD) {
+            prefetch(row_of(next));
+        }
         top.push(Scored {
             row,
-            score: dot(&matrix[r * dim..(r + 1) * dim], query),
+            score: dot(row_of(row), query),
         });
     }
     top.into_sorted()
+}
+
+/// Hint the CPU to bring `data` into the caches (no effect on results).
+#[inline]
+fn prefetch(data: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in data.chunks(16) {
+        // SAFETY: a prefetch never faults and has no architectural effect; the address
+        // is inside `data`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            );
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 fn has_f16c() -> bool {
