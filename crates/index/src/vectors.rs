@@ -450,8 +450,8 @@ impl HalfMatrix {
             .collect();
         if allowed.len() <= k {
             // At most k allowed rows: all of them are the answer.
-            let rows = (0..rows).filter(|&r| allow(r)).map(|r| r as u32);
-            return rescore(matrix, dim, query, k, rows);
+            let every = (0..rows).filter(|&r| allow(r)).map(|r| r as u32);
+            return rescore(matrix, dim, query, k, every);
         }
         let (_, &mut t, _) = allowed.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
         let floor = t - margin;
