@@ -35,7 +35,8 @@ pub use pipeline::{
 };
 pub use report::{CostReport, DataReport, Example, Rates, Report, SelectedReport};
 pub use runner::{
-    Completion, NoProgress, Progress, Runner, boxed as boxed_hook, reborrow as reborrow_hook,
+    Completion, LayerInputs, NoProgress, Progress, Runner, boxed as boxed_hook,
+    reborrow as reborrow_hook,
 };
 pub use select::{
     CandidateScore, Rejection, Selected, SelectionConfig, first_pruned_layer, pick_coefficient,

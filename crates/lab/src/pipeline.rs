@@ -16,7 +16,11 @@ use crate::data::{Split, load_prompts, sample, split_path};
 use crate::direction::{Candidates, Direction};
 use crate::metric::{is_refusal, kl_divergence, mean, refusal_token_ids};
 use crate::report::{CostReport, DataReport, Example, Rates, Report, SelectedReport};
-use crate::runner::{Progress, Runner};
+use crate::runner::{LayerInputs, Progress, Runner};
+
+/// Most memory candidate scoring spends on keeping the validation prompts' layer inputs
+/// (see `LayerInputs`); above it every induce pass runs all layers.
+const MAX_LAYER_INPUT_BYTES: usize = 1 << 30;
 use crate::select::{
     CandidateScore, Selected, SelectionConfig, first_pruned_layer, pick_coefficient, select,
 };
@@ -475,7 +479,7 @@ impl RefusalRun<'_> {
         };
 
         // Candidate scores, one jsonl line per candidate.
-        let scores = stage(&mut timings, "candidate scores", || {
+        let (scores, layer_inputs) = stage(&mut timings, "candidate scores", || {
             self.score_candidates(&runner, &prompts, &cands, &state, progress)
         })?;
 
@@ -518,13 +522,17 @@ impl RefusalRun<'_> {
                         "coefficient search",
                         self.config.addition_coefs.len() as u64,
                     );
+                    // The candidates' captured layer inputs are those of these prompts.
+                    let inputs = layer_inputs.as_ref().filter(|i| i.upto() >= ch.layer);
                     for &coef in &self.config.addition_coefs {
                         let mut h = steering_hook(&dir, coef, self.model.device())?;
-                        let sc = mean(&runner.refusal_scores(
-                            &enc,
-                            Some(&mut h),
-                            &crate::runner::NoProgress,
-                        )?);
+                        let np = crate::runner::NoProgress;
+                        let sc = mean(&match inputs {
+                            Some(i) => {
+                                runner.refusal_scores_from(i, ch.layer, Some(&mut h), &np)?
+                            }
+                            None => runner.refusal_scores(&enc, Some(&mut h), &np)?,
+                        });
                         coef_search.push((coef, sc));
                         progress.advance(1);
                         if sc > self.config.selection.induce_threshold {
@@ -704,7 +712,7 @@ impl RefusalRun<'_> {
         cands: &Candidates,
         state: &RunState,
         progress: &dyn Progress,
-    ) -> Result<Vec<CandidateScore>> {
+    ) -> Result<(Vec<CandidateScore>, Option<LayerInputs>)> {
         let cfg = self.model.config();
         let last_layer = if self.config.score_pruned_layers {
             cfg.n_layer
@@ -721,11 +729,25 @@ impl RefusalRun<'_> {
             })
             .collect();
         if todo.is_empty() {
-            return Ok(sorted(done));
+            return Ok((sorted(done), None));
         }
         let harmful = runner.encode_all(&p.harmful_val)?;
         let harmless = runner.encode_all(&p.harmless_val)?;
-        let base = runner.last_logits(&harmless, None, &crate::runner::NoProgress)?;
+        // Activation addition at layer l leaves layers 0..l as they were: keep the
+        // unmodified inputs of every candidate layer once, and start each induce pass
+        // at its layer (same logits, less work), unless that would take too much memory.
+        let upto = todo.iter().map(|&(l, _)| l).max().unwrap_or(0);
+        let inputs =
+            if LayerInputs::estimate_bytes(&harmless, cfg.hidden, upto) <= MAX_LAYER_INPUT_BYTES {
+                Some(runner.layer_inputs(&harmless, upto)?)
+            } else {
+                tracing::info!("layer inputs too large to keep; induce passes run every layer");
+                None
+            };
+        let base = match &inputs {
+            Some(i) => i.logits.clone(),
+            None => runner.last_logits(&harmless, None, &crate::runner::NoProgress)?,
+        };
         progress.start("candidate directions", todo.len() as u64);
         for (l, pi) in todo {
             let r = cands.get(pi, l);
@@ -766,7 +788,10 @@ impl RefusalRun<'_> {
                 Positions::All,
                 self.model.device(),
             )?;
-            let induce = mean(&runner.refusal_scores(&harmless, Some(&mut add), &np)?);
+            let induce = mean(&match &inputs {
+                Some(i) => runner.refusal_scores_from(i, l, Some(&mut add), &np)?,
+                None => runner.refusal_scores(&harmless, Some(&mut add), &np)?,
+            });
             let c = CandidateScore {
                 layer: l,
                 position: cands.positions[pi],
@@ -779,7 +804,7 @@ impl RefusalRun<'_> {
             progress.advance(1);
         }
         progress.finish();
-        Ok(sorted(done))
+        Ok((sorted(done), inputs))
     }
 
     fn cost(

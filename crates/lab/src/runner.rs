@@ -12,8 +12,11 @@
 //! the runtime's `generate_batch` because the lab needs the first step's logits of
 //! every row (the refusal score of the very completion it judges).
 
-use overseer_lm::candle_core::D;
-use overseer_lm::{ForwardOptions, Hook, HookPoint, Logits, MeanCapture, Message, Model, Session};
+use overseer_lm::candle_core::{D, Tensor};
+use overseer_lm::{
+    ForwardOptions, Hook, HookContext, HookPoint, Logits, MeanCapture, Message, Model, Resume,
+    Session,
+};
 
 use crate::metric::{log_softmax, refusal_score};
 use crate::{Error, Result};
@@ -101,6 +104,92 @@ impl Prefix {
     /// Row `prompt` without the prefix.
     fn tail<'p>(&self, prompt: &'p [u32]) -> &'p [u32] {
         &prompt[self.len..]
+    }
+}
+
+/// The unmodified model's residual stream entering layers `0..=upto` for the prompts of
+/// one call, kept as the runner batches them (shared prefix, then length-sorted
+/// batches), plus that pass's last-position logits.
+///
+/// Why: activation addition at `ResidPre(L)` leaves layers `0..L` unchanged, so its
+/// pass can start at L from these tensors ([`Runner::last_logits_from`]) and give the
+/// same logits as a full pass for a fraction of the work; candidate scoring runs one
+/// such pass per candidate layer. Memory: `tokens × hidden × (upto + 1)` f32.
+pub struct LayerInputs {
+    upto: usize,
+    /// The shared prefix and its residuals (one per layer), if the call has one.
+    prefix: Option<(Vec<u32>, Vec<Tensor>)>,
+    batches: Vec<BatchInputs>,
+    /// Last-position logits of the unmodified model, in the caller's order.
+    pub logits: Vec<Vec<f32>>,
+}
+
+impl LayerInputs {
+    /// The last layer whose input is kept.
+    pub fn upto(&self) -> usize {
+        self.upto
+    }
+
+    /// Bytes a capture of `prompts` up to layer `upto` would hold (an upper bound: the
+    /// shared prefix is counted in every prompt).
+    pub fn estimate_bytes(prompts: &[Vec<u32>], hidden: usize, upto: usize) -> usize {
+        let tokens: usize = prompts.iter().map(Vec::len).sum();
+        tokens * hidden * (upto + 1) * std::mem::size_of::<f32>()
+    }
+}
+
+/// One batch of a [`LayerInputs`].
+struct BatchInputs {
+    /// Indices of the batch's prompts in the caller's order.
+    idx: Vec<usize>,
+    /// The rows fed (without the shared prefix).
+    rows: Vec<Vec<u32>>,
+    /// `ResidPre(l)` of the rows for `l <= upto`, `(rows, seq, hidden)`.
+    resid: Vec<Tensor>,
+}
+
+/// Keeps `ResidPre(l)` for `l <= upto`, as given (a capture; changes nothing).
+struct LayerCapture {
+    upto: usize,
+    got: Vec<Option<Tensor>>,
+}
+
+impl LayerCapture {
+    fn new(upto: usize) -> Self {
+        LayerCapture {
+            upto,
+            got: vec![None; upto + 1],
+        }
+    }
+
+    fn take(self) -> Result<Vec<Tensor>> {
+        self.got
+            .into_iter()
+            .enumerate()
+            .map(|(l, t)| {
+                t.ok_or_else(|| {
+                    Error::InvalidArgument(format!("layer {l}'s input was not captured"))
+                })
+            })
+            .collect()
+    }
+}
+
+impl Hook for LayerCapture {
+    fn wants(&self, point: HookPoint) -> bool {
+        matches!(point, HookPoint::ResidPre(l) if l <= self.upto)
+    }
+
+    fn call(
+        &mut self,
+        point: HookPoint,
+        x: &Tensor,
+        _cx: &HookContext<'_>,
+    ) -> overseer_lm::Result<Option<Tensor>> {
+        if let HookPoint::ResidPre(l) = point {
+            self.got[l] = Some(x.clone());
+        }
+        Ok(None)
     }
 }
 
@@ -211,6 +300,159 @@ impl<'m> Runner<'m> {
             progress.advance(b.len() as u64);
         }
         Ok(out)
+    }
+
+    /// Run `prompts` through the unmodified model once, keeping every layer's input up
+    /// to `upto` (see [`LayerInputs`]) and the last-position logits.
+    ///
+    /// Errors: [`Error::InvalidArgument`] when `upto` is not a layer of the model;
+    /// those of the forward pass.
+    pub fn layer_inputs(&self, prompts: &[Vec<u32>], upto: usize) -> Result<LayerInputs> {
+        let n_layer = self.model.config().n_layer;
+        if upto > n_layer {
+            return Err(Error::InvalidArgument(format!(
+                "layer {upto} of a {n_layer}-layer model"
+            )));
+        }
+        let len = if self.share_prefix {
+            shared_prefix(prompts)
+        } else {
+            0
+        };
+        let (prefix, prefix_out) = if len > 0 {
+            let tokens = prompts[0][..len].to_vec();
+            let mut s = self.model.session(1);
+            let mut cap = LayerCapture::new(upto);
+            let o = ForwardOptions {
+                hooks: Some(&mut cap),
+                logits: Logits::None,
+            };
+            self.model
+                .forward(&mut s, std::slice::from_ref(&tokens), o)?;
+            (
+                Prefix {
+                    len,
+                    session: Some(s),
+                },
+                Some((tokens, cap.take()?)),
+            )
+        } else {
+            (Prefix { len, session: None }, None)
+        };
+        let mut logits = vec![Vec::new(); prompts.len()];
+        let mut batches = Vec::new();
+        for b in self.batches(prompts, self.batch) {
+            let rows: Vec<Vec<u32>> = b
+                .iter()
+                .map(|&i| prefix.tail(&prompts[i]).to_vec())
+                .collect();
+            let mut s = prefix.session(self.model, rows.len(), 0)?;
+            let mut cap = LayerCapture::new(upto);
+            let o = ForwardOptions {
+                hooks: Some(&mut cap),
+                logits: Logits::Last,
+            };
+            let out = self.model.forward(&mut s, &rows, o)?;
+            let v: Vec<Vec<f32>> = out
+                .to_dtype(overseer_lm::candle_core::DType::F32)?
+                .to_vec2()?;
+            for (k, row) in v.into_iter().enumerate() {
+                logits[b[k]] = row;
+            }
+            batches.push(BatchInputs {
+                idx: b,
+                rows,
+                resid: cap.take()?,
+            });
+        }
+        Ok(LayerInputs {
+            upto,
+            prefix: prefix_out,
+            batches,
+            logits,
+        })
+    }
+
+    /// [`Runner::last_logits`] for the prompts of `inputs` under a `hook` that changes
+    /// nothing below `layer`, started at `layer` from the captured inputs: the same
+    /// logits as the full pass, without computing layers `0..layer` again.
+    ///
+    /// Errors: [`Error::InvalidArgument`] when `layer > inputs.upto`; those of the
+    /// forward pass.
+    pub fn last_logits_from(
+        &self,
+        inputs: &LayerInputs,
+        layer: usize,
+        mut hook: Option<&mut dyn Hook>,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Vec<f32>>> {
+        if layer > inputs.upto {
+            return Err(Error::InvalidArgument(format!(
+                "layer {layer}'s input was not captured (only up to {})",
+                inputs.upto
+            )));
+        }
+        let prefix = match &inputs.prefix {
+            Some((tokens, resid)) => {
+                let mut s = self.model.session(1);
+                let from = Resume {
+                    layer,
+                    resid: resid[layer].clone(),
+                };
+                let o = ForwardOptions {
+                    hooks: reborrow(&mut hook),
+                    logits: Logits::None,
+                };
+                self.model
+                    .forward_from(&mut s, std::slice::from_ref(tokens), &from, o)?;
+                Prefix {
+                    len: tokens.len(),
+                    session: Some(s),
+                }
+            }
+            None => Prefix {
+                len: 0,
+                session: None,
+            },
+        };
+        let mut out = vec![Vec::new(); inputs.logits.len()];
+        for batch in &inputs.batches {
+            let mut s = prefix.session(self.model, batch.rows.len(), 0)?;
+            let from = Resume {
+                layer,
+                resid: batch.resid[layer].clone(),
+            };
+            let o = ForwardOptions {
+                hooks: reborrow(&mut hook),
+                logits: Logits::Last,
+            };
+            let logits = self.model.forward_from(&mut s, &batch.rows, &from, o)?;
+            let v: Vec<Vec<f32>> = logits
+                .to_dtype(overseer_lm::candle_core::DType::F32)?
+                .to_vec2()?;
+            for (k, row) in v.into_iter().enumerate() {
+                out[batch.idx[k]] = row;
+            }
+            progress.advance(batch.idx.len() as u64);
+        }
+        Ok(out)
+    }
+
+    /// [`Runner::refusal_scores`] started at `layer` (see [`Runner::last_logits_from`]).
+    ///
+    /// Errors: those of [`Runner::last_logits_from`].
+    pub fn refusal_scores_from(
+        &self,
+        inputs: &LayerInputs,
+        layer: usize,
+        hook: Option<&mut dyn Hook>,
+        progress: &dyn Progress,
+    ) -> Result<Vec<f64>> {
+        Ok(self
+            .last_logits_from(inputs, layer, hook, progress)?
+            .iter()
+            .map(|l| refusal_score(l, &self.refusal_ids))
+            .collect())
     }
 
     /// Refusal score of every prompt under `hook`.

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use overseer_lab::{NoProgress, Runner};
-use overseer_lm::{Ablation, LoadOptions, Model};
+use overseer_lm::{Ablation, ActivationAddition, HookPoint, LoadOptions, Model, Positions};
 
 fn model() -> Model {
     let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"))
@@ -103,5 +103,58 @@ fn shared_prefix_gives_each_prompt_its_own_results() {
     assert!(
         (ce_together - weighted).abs() < 0.02 * weighted.max(1.0),
         "cross-entropy {ce_together} vs {weighted}"
+    );
+}
+
+/// An induce pass started at its layer from the captured unmodified inputs gives the
+/// refusal scores of the full pass (shared prefix, several batches), and the capture's
+/// logits are the unmodified model's.
+#[test]
+fn passes_started_at_their_layer_equal_full_passes() {
+    let model = model();
+    let r = Runner {
+        model: &model,
+        batch: 2,
+        refusal_ids: overseer_lab::refusal_token_ids(model.tokenizer().tokens(), &["I".into()]),
+        system_prompt: None,
+        share_prefix: true,
+    };
+    let prompts = r
+        .encode_all(&[
+            "How do I bake bread?".to_string(),
+            "Name three colours.".to_string(),
+            "Explain why the sky is blue in one long sentence.".to_string(),
+        ])
+        .expect("encode");
+    let inputs = r.layer_inputs(&prompts, 12).expect("capture");
+    let plain = r.last_logits(&prompts, None, &NoProgress).expect("plain");
+    assert_eq!(inputs.logits, plain);
+    let hidden = model.config().hidden;
+    let dir: Vec<f32> = (0..hidden).map(|i| ((i * 7 % 13) as f32) - 6.0).collect();
+    for layer in [0, 5, 12] {
+        let mut add = ActivationAddition::new(
+            HookPoint::ResidPre(layer),
+            &dir,
+            0.5,
+            Positions::All,
+            model.device(),
+        )
+        .expect("hook");
+        let full = r
+            .refusal_scores(&prompts, Some(&mut add), &NoProgress)
+            .expect("full");
+        let from = r
+            .refusal_scores_from(&inputs, layer, Some(&mut add), &NoProgress)
+            .expect("from");
+        for (a, b) in full.iter().zip(&from) {
+            assert!((a - b).abs() <= 1e-5, "layer {layer}: {a} vs {b}");
+        }
+        // The addition did change something.
+        let base = r.refusal_scores(&prompts, None, &NoProgress).expect("base");
+        assert!(full.iter().zip(&base).any(|(a, b)| (a - b).abs() > 1e-3));
+    }
+    assert!(
+        r.refusal_scores_from(&inputs, 13, None, &NoProgress)
+            .is_err()
     );
 }

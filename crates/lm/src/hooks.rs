@@ -73,6 +73,16 @@ pub trait Hook: Send {
         x: &Tensor,
         cx: &HookContext<'_>,
     ) -> Result<Option<Tensor>>;
+
+    /// Whether the hook edits each position from that position's activation alone and
+    /// records nothing (an ablation, an addition at every position). The forward pass
+    /// may then leave out positions whose result nobody reads: when only the last
+    /// position's logits are wanted, the last layer's attention output and MLP, and
+    /// the points after them, are computed (and hooked) for that position only. The
+    /// default, `false`, makes every point see every position.
+    fn positionwise(&self) -> bool {
+        false
+    }
 }
 
 /// Several hooks applied in order.
@@ -116,6 +126,10 @@ impl Hook for HookList {
         self.0.iter().any(|h| h.wants(point))
     }
 
+    fn positionwise(&self) -> bool {
+        self.0.iter().all(|h| h.positionwise())
+    }
+
     fn call(
         &mut self,
         point: HookPoint,
@@ -139,6 +153,10 @@ impl Hook for HookList {
 impl<H: Hook + ?Sized> Hook for &mut H {
     fn wants(&self, point: HookPoint) -> bool {
         (**self).wants(point)
+    }
+
+    fn positionwise(&self) -> bool {
+        (**self).positionwise()
     }
 
     fn call(
@@ -324,6 +342,10 @@ impl Hook for ActivationAddition {
         point == self.point
     }
 
+    fn positionwise(&self) -> bool {
+        self.positions == Positions::All
+    }
+
     fn call(
         &mut self,
         _point: HookPoint,
@@ -388,6 +410,10 @@ impl Hook for Ablation {
             point,
             HookPoint::ResidPre(_) | HookPoint::AttnOut(_) | HookPoint::MlpOut(_)
         )
+    }
+
+    fn positionwise(&self) -> bool {
+        true
     }
 
     fn call(

@@ -28,7 +28,7 @@ pub use hooks::{
     RawCapture,
 };
 pub use linear::QLinear;
-pub use model::{ForwardOptions, LoadOptions, Logits, Model, PREFILL_CHUNK};
+pub use model::{ForwardOptions, LoadOptions, Logits, Model, PREFILL_CHUNK, Resume};
 pub use sampling::{Sampler, SamplingParams};
 pub use session::Session;
 pub use template::{CHATML_TEMPLATE, ChatTemplate, Message, Role};

@@ -106,6 +106,14 @@ pub enum Logits {
     None,
 }
 
+/// Where [`Model::forward_from`] starts: layer `layer`, with `resid` `(rows, seq,
+/// hidden)` f32 as the residual stream entering it (its `ResidPre(layer)` before hooks).
+#[derive(Debug, Clone)]
+pub struct Resume {
+    pub layer: usize,
+    pub resid: Tensor,
+}
+
 /// Options of one forward call.
 #[derive(Default)]
 pub struct ForwardOptions<'a> {
@@ -372,10 +380,49 @@ impl Model {
         tokens: &[Vec<u32>],
         o: ForwardOptions<'_>,
     ) -> Result<Tensor> {
+        self.guarded(s, |s| self.forward_chunked(s, tokens, o))
+    }
+
+    /// [`Model::forward`] starting at layer `from.layer` with `from.resid` as the
+    /// residual stream entering it, instead of embedding `tokens` and running the
+    /// layers below. `tokens` still give the rows' lengths (hence padding, RoPE
+    /// positions and the mask) and must be those the residual was computed from.
+    ///
+    /// Why: an intervention that changes nothing below layer L (activation addition at
+    /// `ResidPre(L)`) gives, on the same rows, exactly the result of a full pass when
+    /// started at L from the unmodified model's `ResidPre(L)` (captured once with a
+    /// hook): layers 0..L are not computed again. Hooks see `ResidPre(L)` first (so an
+    /// intervention there applies to `from.resid`); points below L are never called.
+    ///
+    /// The session's KV cache then holds only layers L.. : every later call on it, and
+    /// on its forks, must start at the same layer (a session filled by
+    /// [`Model::forward`] starts at 0).
+    ///
+    /// Errors: those of [`Model::forward`], and [`Error::InvalidArgument`] when
+    /// `from.layer > n_layer`, `from.resid` is not an f32 `(rows, seq, hidden)` tensor
+    /// on the model's device for the padded `seq` of `tokens`, or the session's cache
+    /// starts at another layer.
+    pub fn forward_from(
+        &self,
+        s: &mut Session,
+        tokens: &[Vec<u32>],
+        from: &Resume,
+        o: ForwardOptions<'_>,
+    ) -> Result<Tensor> {
+        self.guarded(s, |s| self.forward_inner(s, tokens, o, Some(from)))
+    }
+
+    /// Run `f` on the model's thread pool (if it has one) and roll the session back if
+    /// it fails.
+    fn guarded(
+        &self,
+        s: &mut Session,
+        f: impl FnOnce(&mut Session) -> Result<Tensor> + Send,
+    ) -> Result<Tensor> {
         let mark = s.mark();
         let r = match &self.pool {
-            Some(pool) => pool.install(|| self.forward_chunked(s, tokens, o)),
-            None => self.forward_chunked(s, tokens, o),
+            Some(pool) => pool.install(|| f(s)),
+            None => f(s),
         };
         if r.is_err() {
             s.rollback(mark);
@@ -391,10 +438,10 @@ impl Model {
         o: ForwardOptions<'_>,
     ) -> Result<Tensor> {
         let [row] = tokens else {
-            return self.forward_inner(s, tokens, o);
+            return self.forward_inner(s, tokens, o, None);
         };
         if o.hooks.is_some() || row.len() <= PREFILL_CHUNK {
-            return self.forward_inner(s, tokens, o);
+            return self.forward_inner(s, tokens, o, None);
         }
         // Refuse an overflow before computing any chunk (the last one would fail).
         let total = s.len + row.len();
@@ -421,6 +468,7 @@ impl Model {
                     hooks: None,
                     logits,
                 },
+                None,
             )?;
             if o.logits != Logits::Last || last {
                 parts.push(out);
@@ -438,6 +486,7 @@ impl Model {
         s: &mut Session,
         tokens: &[Vec<u32>],
         o: ForwardOptions<'_>,
+        from: Option<&Resume>,
     ) -> Result<Tensor> {
         let c = &self.config;
         let b = s.batch;
@@ -471,6 +520,19 @@ impl Model {
                 c.vocab
             )));
         }
+        let first = from.map_or(0, |r| r.layer);
+        if first > c.n_layer {
+            return Err(Error::InvalidArgument(format!(
+                "cannot start at layer {first} of a {}-layer model",
+                c.n_layer
+            )));
+        }
+        if s.len > 0 && s.first_layer != first {
+            return Err(Error::InvalidArgument(format!(
+                "this session's KV cache starts at layer {}, the call at layer {first}",
+                s.first_layer
+            )));
+        }
         let start = s.len;
         let total = start + seq;
         if total > c.context_length {
@@ -495,7 +557,24 @@ impl Model {
             ids.extend(std::iter::repeat_n(0u32, p));
             ids.extend_from_slice(t);
         }
-        let mut x = self.embed.embedding(&ids)?.reshape((b, seq, c.hidden))?;
+        let mut x = match from {
+            None => self.embed.embedding(&ids)?.reshape((b, seq, c.hidden))?,
+            Some(r) => {
+                let ok = r.resid.dims() == [b, seq, c.hidden]
+                    && r.resid.dtype() == DType::F32
+                    && r.resid.device().same_device(&self.device);
+                if !ok {
+                    return Err(Error::InvalidArgument(format!(
+                        "a residual of shape {:?} ({:?}) cannot enter layer {first} for {b} rows of {seq} positions and hidden size {}",
+                        r.resid.dims(),
+                        r.resid.dtype(),
+                        c.hidden
+                    )));
+                }
+                r.resid.clone()
+            }
+        };
+        s.first_layer = first;
 
         // Per-row RoPE tables (b, seq, head_dim/2): padding slots are not counted, so a
         // row's positions are those of its unpadded run.
@@ -542,17 +621,48 @@ impl Model {
         let (nh, nkv, hd) = (c.n_head, c.n_kv_head, c.head_dim);
         let scale = 1.0 / (hd as f64).sqrt();
         let neox = c.architecture.rope_neox();
-        for (l, layer) in self.layers.iter().enumerate() {
+        // When only the last position's logits are wanted, the last layer needs every
+        // position's keys and values but the rest of its work (queries, attention, o
+        // projection, MLP) only at the last position: ~1/n_layer of a prompt pass
+        // saved. Not when a hook would see (or record) those points at every position.
+        let last = c.n_layer - 1;
+        let last_only = o.logits == Logits::Last
+            && seq > 1
+            && hooks.as_ref().is_none_or(|h| {
+                h.positionwise()
+                    || ![
+                        HookPoint::AttnOut(last),
+                        HookPoint::MlpOut(last),
+                        HookPoint::ResidPre(c.n_layer),
+                        HookPoint::FinalNorm,
+                    ]
+                    .iter()
+                    .any(|&p| h.wants(p))
+            });
+        // What the hooks after the narrowing are told: one position, the call's last.
+        let cx_last = HookContext {
+            seq_len: 1,
+            start_pos: total - 1,
+            ..cx
+        };
+        for (l, layer) in self.layers.iter().enumerate().skip(first) {
             x = apply_hook(&mut hooks, HookPoint::ResidPre(l), x, &cx)?;
+            let narrow = last_only && l == last;
+            let (qn, lcx) = if narrow { (1, &cx_last) } else { (seq, &cx) };
 
             // Attention.
             let h = rms_norm(&x, &layer.attn_norm, eps)?;
-            let proj = |lin: &QLinear, bias: &Option<Tensor>, heads: usize| -> Result<Tensor> {
-                let mut y = lin.forward(&h)?;
+            let proj = |h: &Tensor,
+                        n: usize,
+                        lin: &QLinear,
+                        bias: &Option<Tensor>,
+                        heads: usize|
+             -> Result<Tensor> {
+                let mut y = lin.forward(h)?;
                 if let Some(bias) = bias {
                     y = y.broadcast_add(bias)?;
                 }
-                Ok(y.reshape((b, seq, heads, hd))?
+                Ok(y.reshape((b, n, heads, hd))?
                     .transpose(1, 2)?
                     .contiguous()?)
             };
@@ -560,14 +670,27 @@ impl Model {
             // keep the un-rotated q and k and the normed input alive through attention,
             // which is where a prefill's memory peaks).
             let (q, k, v) = {
-                let q = proj(&layer.q, &layer.q_bias, nh)?;
-                let k = proj(&layer.k, &layer.k_bias, nkv)?;
-                let v = proj(&layer.v, &layer.v_bias, nkv)?;
+                let (q, qcos, qsin) = if narrow {
+                    let hq = h.narrow(1, seq - 1, 1)?.contiguous()?;
+                    (
+                        proj(&hq, 1, &layer.q, &layer.q_bias, nh)?,
+                        cos.narrow(1, seq - 1, 1)?.contiguous()?,
+                        sin.narrow(1, seq - 1, 1)?.contiguous()?,
+                    )
+                } else {
+                    (
+                        proj(&h, seq, &layer.q, &layer.q_bias, nh)?,
+                        cos.clone(),
+                        sin.clone(),
+                    )
+                };
+                let k = proj(&h, seq, &layer.k, &layer.k_bias, nkv)?;
+                let v = proj(&h, seq, &layer.v, &layer.v_bias, nkv)?;
                 drop(h);
                 if neox {
-                    (rope(&q, &cos, &sin)?, rope(&k, &cos, &sin)?, v)
+                    (rope(&q, &qcos, &qsin)?, rope(&k, &cos, &sin)?, v)
                 } else {
-                    (rope_i(&q, &cos, &sin)?, rope_i(&k, &cos, &sin)?, v)
+                    (rope_i(&q, &qcos, &qsin)?, rope_i(&k, &cos, &sin)?, v)
                 }
             };
             // Attention at llama.cpp's precision (its default F16 KV cache, without flash
@@ -578,29 +701,39 @@ impl Model {
             // matmuls run on the cache converted to f32 per layer; with
             // OVERSEER_KERNEL_ATTENTION=1 the f16 kernel reads it in place instead.
             let (k, v) = s.caches[l].append(&k, &v, s.reserved)?;
+            let qmask = match &mask {
+                Some(m) if narrow => Some(m.narrow(2, seq - 1, 1)?.contiguous()?),
+                other => other.clone(),
+            };
             let y = if self.device.is_cpu() && kernel_attention() {
-                attention_cpu(&q, &k, &v, mask.as_ref(), nkv, scale as f32)?
+                attention_cpu(&q, &k, &v, qmask.as_ref(), nkv, scale as f32)?
             } else {
-                attention_candle(&q, &k, &v, mask.as_ref(), nkv, scale)?
+                attention_candle(&q, &k, &v, qmask.as_ref(), nkv, scale)?
             };
             let attn_out = layer.o.forward(&y)?;
-            let attn_out = apply_hook(&mut hooks, HookPoint::AttnOut(l), attn_out, &cx)?;
+            let attn_out = apply_hook(&mut hooks, HookPoint::AttnOut(l), attn_out, lcx)?;
+            if narrow {
+                x = x.narrow(1, seq - 1, 1)?;
+            }
             x = (x + attn_out)?;
+            debug_assert_eq!(x.dim(1)?, qn);
 
             // SwiGLU MLP.
             let h = rms_norm(&x, &layer.ffn_norm, eps)?;
             let gate = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
             let up = layer.up.forward(&h)?;
             let mlp_out = layer.down.forward(&(gate * up)?)?;
-            let mlp_out = apply_hook(&mut hooks, HookPoint::MlpOut(l), mlp_out, &cx)?;
+            let mlp_out = apply_hook(&mut hooks, HookPoint::MlpOut(l), mlp_out, lcx)?;
             x = (x + mlp_out)?;
         }
+        // Narrowed at the last layer (see `last_only`)?
+        let cx = if x.dim(1)? == seq { cx } else { cx_last };
         x = apply_hook(&mut hooks, HookPoint::ResidPre(c.n_layer), x, &cx)?;
         s.len = total;
 
         // Only the positions whose logits are wanted go through the final norm and head.
         if o.logits == Logits::Last && !wants(&hooks, HookPoint::FinalNorm) {
-            x = x.narrow(1, seq - 1, 1)?;
+            x = x.narrow(1, x.dim(1)? - 1, 1)?;
         }
         let x = rms_norm(&x.contiguous()?, &self.output_norm, eps)?;
         let x = apply_hook(&mut hooks, HookPoint::FinalNorm, x, &cx)?;

@@ -130,6 +130,9 @@ pub struct Session {
     /// Whether the next call opens the rows' prompts: rows may then differ in length and
     /// are padded (true for an empty session and a fresh fork).
     pub(crate) open: bool,
+    /// First layer whose KV cache this session holds: 0, unless it was filled by
+    /// [`crate::Model::forward_from`], which skips the layers below its start.
+    pub(crate) first_layer: usize,
 }
 
 /// What a forward call may change in a [`Session`] besides the caches' contents, saved so
@@ -139,6 +142,7 @@ pub(crate) struct Mark {
     pad: Vec<usize>,
     pad_start: usize,
     open: bool,
+    first_layer: usize,
 }
 
 impl Session {
@@ -151,6 +155,7 @@ impl Session {
             caches: (0..n_layer).map(|_| LayerCache::new()).collect(),
             reserved: 0,
             open: true,
+            first_layer: 0,
         }
     }
 
@@ -185,6 +190,7 @@ impl Session {
             caches,
             reserved: reserve,
             open: true,
+            first_layer: self.first_layer,
         })
     }
 
@@ -233,6 +239,7 @@ impl Session {
             pad: self.pad.clone(),
             pad_start: self.pad_start,
             open: self.open,
+            first_layer: self.first_layer,
         }
     }
 
@@ -257,6 +264,12 @@ impl Session {
     /// and it has no effect on caches already allocated.
     pub fn reserve(&mut self, positions: usize) {
         self.reserved = positions;
+    }
+
+    /// First layer this session's KV cache holds (0 unless it was filled by
+    /// [`crate::Model::forward_from`]).
+    pub fn first_layer(&self) -> usize {
+        self.first_layer
     }
 
     /// Rows in this session.
@@ -323,6 +336,7 @@ impl Session {
         self.pad = mark.pad;
         self.pad_start = mark.pad_start;
         self.open = mark.open;
+        self.first_layer = mark.first_layer;
         for c in &mut self.caches {
             c.len = c.len.min(len);
         }

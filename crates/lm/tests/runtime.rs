@@ -841,3 +841,209 @@ fn mean_capture_and_activation_addition() {
     );
     assert!(d > 1e-2, "steering had no downstream effect ({d})");
 }
+
+/// Starting at layer L from the unmodified model's `ResidPre(L)` gives the logits of a
+/// full pass whose intervention changes nothing below L (activation addition at L), in
+/// a padded batch and in a batch forked from a shared prefix; the session then refuses
+/// calls that would need the layers it skipped.
+#[test]
+fn forward_from_a_captured_layer_equals_the_full_pass() {
+    let m = smollm();
+    let h = m.config().hidden;
+    let layer = 7;
+    let point = HookPoint::ResidPre(layer);
+    let v: Vec<f32> = (0..h).map(|i| (i as f32 * 0.03).cos()).collect();
+    let add = || ActivationAddition::new(point, &v, 3.0, Positions::All, m.device()).expect("hook");
+    let prompts = vec![
+        chat(m, "How do I bake bread?"),
+        chat(m, "Hello there"),
+        chat(m, "Explain photosynthesis in one sentence, please."),
+    ];
+    let captured = |s: &mut overseer_lm::Session, rows: &[Vec<u32>]| -> Tensor {
+        let mut raw = RawCapture::new(vec![point], Positions::All);
+        m.forward(
+            s,
+            rows,
+            ForwardOptions::default().with_hooks(Some(&mut raw)),
+        )
+        .expect("capture pass");
+        raw.at(point)[0].clone()
+    };
+
+    // A padded batch.
+    let mut hook = add();
+    let mut s = m.session(prompts.len());
+    let full = m
+        .forward(
+            &mut s,
+            &prompts,
+            ForwardOptions::default().with_hooks(Some(&mut hook)),
+        )
+        .expect("full pass");
+    let resid = captured(&mut m.session(prompts.len()), &prompts);
+    let from = overseer_lm::Resume { layer, resid };
+    let mut s = m.session(prompts.len());
+    let resumed = m
+        .forward_from(
+            &mut s,
+            &prompts,
+            &from,
+            ForwardOptions::default().with_hooks(Some(&mut hook)),
+        )
+        .expect("resumed pass");
+    assert_eq!(s.first_layer(), layer);
+    assert!(max_abs_diff(&full, &resumed) <= 1e-5, "padded batch");
+    // Without the intervention the layers below L are what changed: not equal.
+    let plain = m
+        .forward(
+            &mut m.session(prompts.len()),
+            &prompts,
+            ForwardOptions::default(),
+        )
+        .expect("plain");
+    assert!(max_abs_diff(&plain, &resumed) > 1e-2);
+
+    // The skipped layers' cache is empty: a plain call on the session is refused and
+    // leaves it as it was.
+    let len = s.len();
+    let next = vec![vec![5u32]; prompts.len()];
+    assert!(matches!(
+        m.forward(&mut s, &next, ForwardOptions::default()),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(s.len(), len);
+
+    // A shared prefix resumed once and forked into the batch.
+    let n = 5;
+    let prefix = prompts[0][..n].to_vec();
+    let tails: Vec<Vec<u32>> = prompts.iter().map(|p| p[n..].to_vec()).collect();
+    let mut p = m.session(1);
+    m.forward(
+        &mut p,
+        std::slice::from_ref(&prefix),
+        ForwardOptions::default()
+            .with_hooks(Some(&mut hook))
+            .logits(Logits::None),
+    )
+    .expect("prefix");
+    let mut s = p.fork(prompts.len(), 0).expect("fork");
+    let full = m
+        .forward(
+            &mut s,
+            &tails,
+            ForwardOptions::default().with_hooks(Some(&mut hook)),
+        )
+        .expect("forked full");
+    let mut base = m.session(1);
+    let prefix_resid = captured(&mut base, std::slice::from_ref(&prefix));
+    let tail_resid = captured(&mut base.fork(prompts.len(), 0).expect("fork"), &tails);
+    let mut p = m.session(1);
+    let o = ForwardOptions::default()
+        .with_hooks(Some(&mut hook))
+        .logits(Logits::None);
+    m.forward_from(
+        &mut p,
+        std::slice::from_ref(&prefix),
+        &overseer_lm::Resume {
+            layer,
+            resid: prefix_resid,
+        },
+        o,
+    )
+    .expect("prefix resumed");
+    let mut s = p.fork(prompts.len(), 0).expect("fork");
+    assert_eq!(s.first_layer(), layer);
+    let resumed = m
+        .forward_from(
+            &mut s,
+            &tails,
+            &overseer_lm::Resume {
+                layer,
+                resid: tail_resid,
+            },
+            ForwardOptions::default().with_hooks(Some(&mut hook)),
+        )
+        .expect("forked resumed");
+    assert!(max_abs_diff(&full, &resumed) <= 1e-5, "forked batch");
+
+    // A residual of the wrong shape, or a layer past the last, is an error.
+    let wrong = Tensor::zeros((prompts.len(), 2, h), DType::F32, m.device()).expect("zeros");
+    let bad = overseer_lm::Resume {
+        layer,
+        resid: wrong,
+    };
+    assert!(matches!(
+        m.forward_from(
+            &mut m.session(prompts.len()),
+            &prompts,
+            &bad,
+            ForwardOptions::default()
+        ),
+        Err(Error::InvalidArgument(_))
+    ));
+    let past = overseer_lm::Resume {
+        layer: m.config().n_layer + 1,
+        resid: from.resid.clone(),
+    };
+    assert!(matches!(
+        m.forward_from(
+            &mut m.session(prompts.len()),
+            &prompts,
+            &past,
+            ForwardOptions::default()
+        ),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+/// With only the last position's logits wanted, the last layer computes queries,
+/// attention and MLP for that position alone (keys and values for all): the logits
+/// equal the last row of a pass that computes every position, without a hook and
+/// under a position-wise one (ablation), and the KV cache it leaves decodes the same.
+fn last_position_pass_equals_the_full_pass(m: &Model) {
+    let prompts = vec![
+        chat(m, "How do I bake bread?"),
+        chat(m, "Hello there"),
+        chat(m, "Explain photosynthesis in one sentence, please."),
+    ];
+    let h = m.config().hidden;
+    let dir: Vec<f32> = (0..h).map(|i| ((i * 5 % 11) as f32) - 5.0).collect();
+    for ablate in [false, true] {
+        let mut hook = Ablation::new(&dir, m.device()).expect("direction");
+        let mut run = |logits: Logits| {
+            let mut s = m.session(prompts.len());
+            let o = ForwardOptions::default()
+                .logits(logits)
+                .with_hooks(if ablate { Some(&mut hook) } else { None });
+            let out = m.forward(&mut s, &prompts, o).expect("prompt pass");
+            (s, out)
+        };
+        let (mut s_last, last) = run(Logits::Last);
+        let (mut s_all, all) = run(Logits::All);
+        let seq = all.dim(1).expect("seq");
+        let all_last = all
+            .narrow(1, seq - 1, 1)
+            .and_then(|t| t.squeeze(1))
+            .expect("last row");
+        assert_close(&last, &all_last, &format!("ablate={ablate}: last position"));
+        let next = vec![vec![5u32]; prompts.len()];
+        let mut step = |s: &mut overseer_lm::Session| {
+            let o =
+                ForwardOptions::default().with_hooks(if ablate { Some(&mut hook) } else { None });
+            m.forward(s, &next, o).expect("decode")
+        };
+        let a = step(&mut s_last);
+        let b = step(&mut s_all);
+        assert_close(&a, &b, &format!("ablate={ablate}: decode after"));
+    }
+}
+
+#[test]
+fn smollm_last_position_pass_equals_the_full_pass() {
+    last_position_pass_equals_the_full_pass(smollm());
+}
+
+#[test]
+fn qwen_last_position_pass_equals_the_full_pass() {
+    last_position_pass_equals_the_full_pass(qwen());
+}
