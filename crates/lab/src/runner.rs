@@ -193,6 +193,17 @@ impl Hook for LayerCapture {
     }
 }
 
+/// Row `k` of `logits` `(rows, vocab)` into `out[idx[k]]`.
+fn scatter_rows(logits: &Tensor, idx: &[usize], out: &mut [Vec<f32>]) -> Result<()> {
+    let v: Vec<Vec<f32>> = logits
+        .to_dtype(overseer_lm::candle_core::DType::F32)?
+        .to_vec2()?;
+    for (k, row) in v.into_iter().enumerate() {
+        out[idx[k]] = row;
+    }
+    Ok(())
+}
+
 /// A greedy completion.
 #[derive(Debug, Clone)]
 pub struct Completion {
@@ -291,12 +302,7 @@ impl<'m> Runner<'m> {
                 logits: Logits::Last,
             };
             let logits = self.model.forward(&mut s, &rows, o)?;
-            let v: Vec<Vec<f32>> = logits
-                .to_dtype(overseer_lm::candle_core::DType::F32)?
-                .to_vec2()?;
-            for (k, row) in v.into_iter().enumerate() {
-                out[b[k]] = row;
-            }
+            scatter_rows(&logits, &b, &mut out)?;
             progress.advance(b.len() as u64);
         }
         Ok(out)
@@ -353,12 +359,7 @@ impl<'m> Runner<'m> {
                 logits: Logits::Last,
             };
             let out = self.model.forward(&mut s, &rows, o)?;
-            let v: Vec<Vec<f32>> = out
-                .to_dtype(overseer_lm::candle_core::DType::F32)?
-                .to_vec2()?;
-            for (k, row) in v.into_iter().enumerate() {
-                logits[b[k]] = row;
-            }
+            scatter_rows(&out, &b, &mut logits)?;
             batches.push(BatchInputs {
                 idx: b,
                 rows,
@@ -427,12 +428,7 @@ impl<'m> Runner<'m> {
                 logits: Logits::Last,
             };
             let logits = self.model.forward_from(&mut s, &batch.rows, &from, o)?;
-            let v: Vec<Vec<f32>> = logits
-                .to_dtype(overseer_lm::candle_core::DType::F32)?
-                .to_vec2()?;
-            for (k, row) in v.into_iter().enumerate() {
-                out[batch.idx[k]] = row;
-            }
+            scatter_rows(&logits, &batch.idx, &mut out)?;
             progress.advance(batch.idx.len() as u64);
         }
         Ok(out)

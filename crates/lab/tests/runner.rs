@@ -18,11 +18,11 @@ fn model() -> Model {
     Model::load(&p, &LoadOptions::cpu(None)).expect("SmolLM2 loads")
 }
 
-#[test]
-fn shared_prefix_gives_each_prompt_its_own_results() {
-    let model = model();
+/// A runner in batches of two with the shared prefix on, and three prompts of
+/// different lengths (so two batches and padding).
+fn runner_and_prompts(model: &Model) -> (Runner<'_>, Vec<Vec<u32>>) {
     let r = Runner {
-        model: &model,
+        model,
         batch: 2,
         refusal_ids: overseer_lab::refusal_token_ids(model.tokenizer().tokens(), &["I".into()]),
         system_prompt: None,
@@ -35,6 +35,13 @@ fn shared_prefix_gives_each_prompt_its_own_results() {
             "Explain why the sky is blue in one long sentence.".to_string(),
         ])
         .expect("encode");
+    (r, prompts)
+}
+
+#[test]
+fn shared_prefix_gives_each_prompt_its_own_results() {
+    let model = model();
+    let (r, prompts) = runner_and_prompts(&model);
     let hidden = model.config().hidden;
     let dir: Vec<f32> = (0..hidden).map(|i| ((i * 5 % 11) as f32) - 5.0).collect();
     let mut hook = Ablation::new(&dir, model.device()).expect("direction");
@@ -112,20 +119,7 @@ fn shared_prefix_gives_each_prompt_its_own_results() {
 #[test]
 fn passes_started_at_their_layer_equal_full_passes() {
     let model = model();
-    let r = Runner {
-        model: &model,
-        batch: 2,
-        refusal_ids: overseer_lab::refusal_token_ids(model.tokenizer().tokens(), &["I".into()]),
-        system_prompt: None,
-        share_prefix: true,
-    };
-    let prompts = r
-        .encode_all(&[
-            "How do I bake bread?".to_string(),
-            "Name three colours.".to_string(),
-            "Explain why the sky is blue in one long sentence.".to_string(),
-        ])
-        .expect("encode");
+    let (r, prompts) = runner_and_prompts(&model);
     let inputs = r.layer_inputs(&prompts, 12).expect("capture");
     let plain = r.last_logits(&prompts, None, &NoProgress).expect("plain");
     assert_eq!(inputs.logits, plain);
