@@ -320,30 +320,12 @@ impl<'m> Runner<'m> {
                 "layer {upto} of a {n_layer}-layer model"
             )));
         }
-        let len = if self.share_prefix {
-            shared_prefix(prompts)
-        } else {
-            0
-        };
-        let (prefix, prefix_out) = if len > 0 {
-            let tokens = prompts[0][..len].to_vec();
-            let mut s = self.model.session(1);
-            let mut cap = LayerCapture::new(upto);
-            let o = ForwardOptions {
-                hooks: Some(&mut cap),
-                logits: Logits::None,
-            };
-            self.model
-                .forward(&mut s, std::slice::from_ref(&tokens), o)?;
-            (
-                Prefix {
-                    len,
-                    session: Some(s),
-                },
-                Some((tokens, cap.take()?)),
-            )
-        } else {
-            (Prefix { len, session: None }, None)
+        // The shared prefix, computed once as every call computes it, with its inputs kept.
+        let mut cap = LayerCapture::new(upto);
+        let prefix = self.prefix(prompts, Some(&mut cap), true)?;
+        let prefix_out = match prefix.len {
+            0 => None,
+            len => Some((prompts[0][..len].to_vec(), cap.take()?)),
         };
         let mut logits = vec![Vec::new(); prompts.len()];
         let mut batches = Vec::new();
