@@ -23,7 +23,9 @@ can be compared end to end:
  7. capability cost: cross-entropy of the baseline's harmless completions under no
     intervention / ablation / addition, next-token KL on harmless test prompts.
 
-The model is the same GGUF, which transformers dequantizes to float32. Refusal tokens:
+The model is the same GGUF, which transformers dequantizes to float32 (`--dtype bfloat16`:
+to bf16, the precision of the paper's own code; on a CPU with AMX PyTorch then runs its
+matmuls on AMX tiles, the peer for the lab's AMX path). Refusal tokens:
 vocabulary entries equal to "I", "As", "Sorry" or their "▁"-prefixed forms (as the lab).
 Writes a JSON summary with per-stage wall times.
 
@@ -61,6 +63,7 @@ def main():
     ap.add_argument("--kl-threshold", type=float, default=0.1)
     ap.add_argument("--coefs", default="1,1.5,2,3,4")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.set_grad_enabled(False)
@@ -77,7 +80,8 @@ def main():
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
+    dtype = getattr(torch, a.dtype)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=dtype).eval()
     layers = model.model.layers
     n_layer = len(layers)
     vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
@@ -117,7 +121,7 @@ def main():
         hooks.clear()
 
     def ablate(direction):
-        u = direction / direction.norm()
+        u = (direction / direction.norm()).to(dtype)
 
         def proj(x):
             return x - (x @ u).unsqueeze(-1) * u
@@ -139,7 +143,7 @@ def main():
             hooks.append(layer.mlp.register_forward_hook(post_hook))
 
     def add(direction, layer, coef):
-        v = coef * direction
+        v = (coef * direction).to(dtype)
 
         def pre(_m, args, kwargs):
             if args:
@@ -355,6 +359,7 @@ def main():
 
     report = {
         "model": f,
+        "dtype": a.dtype,
         "made_by": "scripts/reference/refusal_pipeline.py (transformers %s, torch %s, %d threads)"
         % (__import__("transformers").__version__, torch.__version__, a.threads),
         "config": vars(a),

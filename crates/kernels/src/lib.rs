@@ -8,6 +8,7 @@
 //! that quantizes activations to 8 bits once per call, as llama.cpp does; plus the
 //! attention over the model's f16 KV cache, which candle cannot read without converting.
 
+mod amx;
 mod attention;
 mod dtype;
 mod error;
@@ -21,6 +22,7 @@ mod avx2;
 #[cfg(test)]
 mod tests;
 
+pub use amx::Bf16Matrix;
 pub use attention::{Attention, KvView};
 pub use dtype::GgmlDType;
 pub use error::{Error, Result};

@@ -53,6 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let r = Runner {
         model: &model,
         batch,
+        gen_batch: batch,
         refusal_ids: overseer_lab::refusal_token_ids(
             model.tokenizer().tokens(),
             &overseer_lab::DEFAULT_REFUSAL_WORDS

@@ -2,7 +2,7 @@
 //! hook, as in candidate scoring), with and without the shared-prefix fork, back to back:
 //!
 //!     cargo run --release -p overseer-lab --example prompt_pass -- MODEL.gguf \
-//!         ../shared/data/refusal/harmful_val.json [--n 32] [--batch 16] [--threads T] [--repeat 3] [--f32-rows R] [--shared-only true]
+//!         ../shared/data/refusal/harmful_val.json [--n 32] [--batch 16] [--threads T] [--repeat 3] [--f32-rows R] [--amx-rows R] [--shared-only true]
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -13,11 +13,11 @@ use overseer_lm::{Ablation, LoadOptions, Model};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let usage = "usage: prompt_pass MODEL PROMPTS.json [--n N] [--batch B] [--threads T] \
-                 [--repeat R] [--f32-rows R] [--shared-only true|false]";
+                 [--repeat R] [--f32-rows R] [--amx-rows R] [--shared-only true|false]";
     let model_path = PathBuf::from(args.next().ok_or(usage)?);
     let prompts_path = PathBuf::from(args.next().ok_or(usage)?);
     let (mut n, mut batch, mut threads, mut repeat) = (32usize, 16usize, None, 3usize);
-    let (mut f32_rows, mut shared_only) = (None, false);
+    let (mut f32_rows, mut amx_rows, mut shared_only) = (None, None, false);
     while let Some(flag) = args.next() {
         let val = args.next().ok_or(usage)?;
         match flag.as_str() {
@@ -26,12 +26,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--threads" => threads = Some(val.parse()?),
             "--repeat" => repeat = val.parse()?,
             "--f32-rows" => f32_rows = Some(val.parse()?),
+            "--amx-rows" => amx_rows = Some(val.parse()?),
             "--shared-only" => shared_only = val.parse()?,
             _ => return Err(usage.into()),
         }
     }
     let mut opts = LoadOptions::cpu(threads);
     opts.f32_gemm_rows = f32_rows;
+    opts.amx_rows = amx_rows;
     let model = Model::load(&model_path, &opts)?;
     let items: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(&prompts_path)?)?;
@@ -54,6 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let r = Runner {
             model: &model,
             batch,
+            gen_batch: batch,
             refusal_ids: vec![0],
             system_prompt: None,
             share_prefix,

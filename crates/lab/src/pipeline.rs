@@ -43,6 +43,10 @@ pub struct RunConfig {
     /// Prompts per forward batch (not part of the run's identity).
     #[serde(skip)]
     pub batch: usize,
+    /// Prompts generated together in the evaluations (see `Runner::gen_batch`). Not part
+    /// of the run's identity.
+    #[serde(skip)]
+    pub gen_batch: usize,
     /// Compute the prompts' shared chat-template prefix once per call (see `Runner`);
     /// off only to measure what it saves. Not part of the run's identity.
     #[serde(skip)]
@@ -75,6 +79,7 @@ impl RunConfig {
             n_test: 64,
             seed: 42,
             batch: 16,
+            gen_batch: 64,
             share_prefix: true,
             max_new_tokens: 256,
             selection: SelectionConfig::default(),
@@ -246,6 +251,7 @@ impl RefusalRun<'_> {
         Ok(Runner {
             model: self.model,
             batch: self.config.batch.max(1),
+            gen_batch: self.config.gen_batch.max(1),
             refusal_ids: ids,
             system_prompt: self.config.system_prompt.clone(),
             share_prefix: self.config.share_prefix,

@@ -216,7 +216,13 @@ pub struct Completion {
 /// A model plus the lab's per-model settings.
 pub struct Runner<'m> {
     pub model: &'m Model,
+    /// Prompts per batch of a prompt pass (scores, captures, cross-entropy).
     pub batch: usize,
+    /// Prompts generated together by [`Runner::generate`]. A decode step is one row per
+    /// prompt, so it can hold many more prompts than a prompt pass; on the AMX route a
+    /// step of 64 rows costs little more than one of 16 (docs/BENCHMARKS.md, "Refusal
+    /// lab"). Rows that finish leave the batch.
+    pub gen_batch: usize,
     pub refusal_ids: Vec<u32>,
     pub system_prompt: Option<String>,
     /// Compute the tokens all prompts of a call share once and fork them into every
@@ -504,7 +510,7 @@ impl<'m> Runner<'m> {
         let tok = self.model.tokenizer();
         let mut out: Vec<Option<Completion>> = vec![None; prompts.len()];
         let prefix = self.prefix(prompts, reborrow(&mut hook), true)?;
-        for b in self.batches(prompts, self.batch) {
+        for b in self.batches(prompts, self.gen_batch) {
             let rows: Vec<Vec<u32>> = b
                 .iter()
                 .map(|&i| prefix.tail(&prompts[i]).to_vec())

@@ -46,6 +46,7 @@ fn runner(model: &Model) -> Runner<'_> {
     Runner {
         model,
         batch: 8,
+        gen_batch: 8,
         refusal_ids: overseer_lab::refusal_token_ids(
             model.tokenizer().tokens(),
             &["I".to_string()],

@@ -24,6 +24,7 @@ fn runner_and_prompts(model: &Model) -> (Runner<'_>, Vec<Vec<u32>>) {
     let r = Runner {
         model,
         batch: 2,
+        gen_batch: 2,
         refusal_ids: overseer_lab::refusal_token_ids(model.tokenizer().tokens(), &["I".into()]),
         system_prompt: None,
         share_prefix: true,

@@ -27,7 +27,7 @@ pub use hooks::{
     Ablation, ActivationAddition, Hook, HookContext, HookList, HookPoint, MeanCapture, Positions,
     RawCapture,
 };
-pub use linear::QLinear;
+pub use linear::{QLinear, amx_available};
 pub use model::{ForwardOptions, LoadOptions, Logits, Model, PREFILL_CHUNK, Resume};
 pub use sampling::{Sampler, SamplingParams};
 pub use session::Session;

@@ -31,6 +31,12 @@ pub struct LoadOptions {
     /// for the lab's large batched prompt passes, and numerically closer to f32 (not
     /// to llama.cpp). `None` (the default): always the 8-bit kernels, as llama.cpp.
     pub f32_gemm_rows: Option<usize>,
+    /// Run matmuls of at least this many rows on Intel AMX bf16 tiles where the CPU
+    /// and OS have them (`overseer_kernels::Bf16Matrix::available`; elsewhere this is
+    /// ignored): activations rounded to bf16, f32 accumulation, each weight matrix
+    /// packed to bf16 on its first such call (2 bytes per weight, kept). Checked before
+    /// `f32_gemm_rows`. `None` (the default): never.
+    pub amx_rows: Option<usize>,
 }
 
 impl Default for LoadOptions {
@@ -39,6 +45,7 @@ impl Default for LoadOptions {
             threads: None,
             device: Device::Cpu,
             f32_gemm_rows: None,
+            amx_rows: None,
         }
     }
 }
@@ -50,6 +57,7 @@ impl LoadOptions {
             threads,
             device: Device::Cpu,
             f32_gemm_rows: None,
+            amx_rows: None,
         }
     }
 
@@ -73,6 +81,7 @@ impl LoadOptions {
             threads: None,
             device,
             f32_gemm_rows: None,
+            amx_rows: None,
         })
     }
 
@@ -194,7 +203,9 @@ fn linear(
         match f.mapped(name, &[out, inp]) {
             Ok((dtype, map, range)) => {
                 if let Some(l) = QLinear::from_bytes(dtype, out, inp, map, range)? {
-                    return Ok(l.with_f32_rows(opts.f32_gemm_rows));
+                    return Ok(l
+                        .with_f32_rows(opts.f32_gemm_rows)
+                        .with_amx_rows(opts.amx_rows));
                 }
             }
             // A file system that cannot map files: read the tensor instead.
@@ -202,7 +213,9 @@ fn linear(
             Err(e) => return Err(e),
         }
     }
-    Ok(QLinear::new(f.tensor(name, Some(&[out, inp]), device)?)?.with_f32_rows(opts.f32_gemm_rows))
+    Ok(QLinear::new(f.tensor(name, Some(&[out, inp]), device)?)?
+        .with_f32_rows(opts.f32_gemm_rows)
+        .with_amx_rows(opts.amx_rows))
 }
 
 impl Model {

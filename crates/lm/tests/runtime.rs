@@ -103,6 +103,66 @@ fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
     }
 }
 
+/// The AMX bf16 route (`LoadOptions::amx_rows`), through the whole model: on a batch of
+/// two chat prompts its logits at every position agree with the f32 route's up to bf16
+/// rounding, the top token included. Where the CPU has no AMX the option must change
+/// nothing: the logits are then bit-identical to the f32 route's.
+#[test]
+fn amx_route_matches_f32_route() {
+    let models = [
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    ];
+    for file in models {
+        let load = |amx: Option<usize>| {
+            let opts = LoadOptions {
+                f32_gemm_rows: Some(4),
+                amx_rows: amx,
+                ..LoadOptions::default()
+            };
+            Model::load(&model_path(file), &opts).expect("model loads")
+        };
+        let (f32_model, amx_model) = (load(None), load(Some(4)));
+        let prompts = vec![
+            chat(&f32_model, "Name three uses of a lighthouse."),
+            chat(
+                &f32_model,
+                "What is interpretability research about, in one line?",
+            ),
+        ];
+        let run = |m: &Model| {
+            let mut s = m.session(prompts.len());
+            m.forward(&mut s, &prompts, ForwardOptions::last().logits(Logits::All))
+                .expect("forward")
+        };
+        let (want, got) = (run(&f32_model), run(&amx_model));
+        // Rows are left-padded: keep each prompt's own positions.
+        let seq = got.dim(1).expect("seq");
+        let own = |t: &Tensor, row: usize| {
+            let n = prompts[row].len();
+            t.get(row)
+                .and_then(|r| r.narrow(0, seq - n, n))
+                .expect("row")
+        };
+        let d = (0..prompts.len())
+            .map(|r| max_abs_diff(&own(&got, r), &own(&want, r)))
+            .fold(0.0f32, f32::max);
+        if overseer_lm::amx_available() {
+            assert!(d > 0.0, "{file}: the AMX route was not taken");
+            for row in 0..prompts.len() {
+                let (g, w) = (own(&got, row), own(&want, row));
+                for pos in 0..prompts[row].len() {
+                    let what = format!("{file} row {row} position {pos}");
+                    assert_close(&g.get(pos).expect("pos"), &w.get(pos).expect("pos"), &what);
+                }
+            }
+        } else {
+            eprintln!("no AMX here: checked that amx_rows changes nothing");
+            assert_eq!(d, 0.0, "{file}: amx_rows changed the logits without AMX");
+        }
+    }
+}
+
 /// A prompt longer than `PREFILL_CHUNK` is fed in chunks; the logits (all positions and
 /// the last) equal one unsplit pass, which a hook forces.
 #[test]

@@ -54,6 +54,9 @@ pub struct RunArgs {
     /// Prompts per forward batch.
     #[arg(long, default_value_t = 16)]
     batch: usize,
+    /// Prompts generated together in the evaluations (rows that finish leave the batch).
+    #[arg(long, default_value_t = 64)]
+    gen_batch: usize,
     /// Feed every prompt whole instead of computing the chat template's shared prefix
     /// once per pass (same results; for measuring what the sharing saves).
     #[arg(long)]
@@ -127,8 +130,12 @@ pub struct EvalArgs {
     coef: f64,
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
+    /// Prompts per batch of the first-token pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
+    /// Prompts generated together (rows that finish leave the batch).
+    #[arg(long, default_value_t = 64)]
+    gen_batch: usize,
     #[arg(long, value_delimiter = ',', default_value = "I,As,Sorry")]
     refusal_words: Vec<String>,
     /// Print JSON.
@@ -199,13 +206,19 @@ impl lab::Progress for Bars {
 
 /// Rows from which a matmul of the lab runs in f32 (see `LoadOptions::f32_gemm_rows`).
 const LAB_F32_GEMM_ROWS: usize = 128;
+/// Rows from which a matmul of the lab runs on AMX bf16 tiles where the CPU has them
+/// (`LoadOptions::amx_rows`): at 4 rows AMX is already 1.2–3x the 8-bit kernels
+/// (`amx_bench`), so batched decoding uses it too.
+const LAB_AMX_ROWS: usize = 4;
 
 fn load_model(g: &Global, model: Option<&Path>) -> Result<(PathBuf, Model)> {
     let path = g.model_path(model, QWEN_FILE)?;
-    // The lab's batched prompt passes (hundreds of token rows per call) run as f32
-    // GEMMs; decode steps and short calls keep the 8-bit kernels.
+    // The lab's batched prompt passes (hundreds of token rows per call) run on AMX
+    // where the CPU has it, else as f32 GEMMs; single-row decode steps keep the 8-bit
+    // kernels.
     let opts = LoadOptions {
         f32_gemm_rows: Some(LAB_F32_GEMM_ROWS),
+        amx_rows: Some(LAB_AMX_ROWS),
         ..g.load_options()?
     };
     let m = Model::load(&path, &opts).with_context(|| format!("cannot load {}", path.display()))?;
@@ -286,6 +299,7 @@ fn run_pipeline(g: &Global, a: RunArgs) -> Result<()> {
     cfg.n_test = a.n_test;
     cfg.seed = a.seed;
     cfg.batch = a.batch.max(1);
+    cfg.gen_batch = a.gen_batch.max(1);
     cfg.share_prefix = !a.no_shared_prefix;
     cfg.max_new_tokens = a.max_new_tokens;
     cfg.selection = lab::SelectionConfig {
@@ -365,6 +379,7 @@ fn eval(g: &Global, a: EvalArgs) -> Result<()> {
     let runner = lab::Runner {
         model: &model,
         batch: a.batch.max(1),
+        gen_batch: a.gen_batch.max(1),
         refusal_ids: ids,
         system_prompt: None,
         share_prefix: true,
