@@ -214,8 +214,8 @@ const LAB_AMX_ROWS: usize = 4;
 fn load_model(g: &Global, model: Option<&Path>) -> Result<(PathBuf, Model)> {
     let path = g.model_path(model, QWEN_FILE)?;
     // The lab's batched prompt passes (hundreds of token rows per call) run on AMX
-    // where the CPU has it, else as f32 GEMMs; single-row decode steps keep the 8-bit
-    // kernels.
+    // where the CPU has it, else as f32 GEMMs; decode steps of fewer than 4 rows (and,
+    // without AMX, every call under 128 rows) keep the 8-bit kernels.
     let opts = LoadOptions {
         f32_gemm_rows: Some(LAB_F32_GEMM_ROWS),
         amx_rows: Some(LAB_AMX_ROWS),
