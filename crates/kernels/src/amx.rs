@@ -151,12 +151,27 @@ impl Bf16Matrix {
 
     /// `y = x Wᵀ` for `x` of `m × cols` and `y` of `m × rows` (row-major, f32): the
     /// inputs are rounded to bf16, products accumulate in f32. Work is split by output
-    /// columns over the current rayon pool.
+    /// columns over the current rayon pool. Each output row depends only on its own
+    /// input row (the summation order is fixed), whatever `m` is.
     ///
     /// # Errors
     /// [`Error::Shape`] if the lengths do not fit or the CPU cannot run AMX
     /// ([`Bf16Matrix::available`]).
     pub fn matmul(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+        self.matmul_on(x, y, true)
+    }
+
+    /// [`Bf16Matrix::matmul`] on the calling thread only, for callers that already run
+    /// independent matmuls on every core (the embedder's packs of texts). Same result,
+    /// bit for bit.
+    ///
+    /// # Errors
+    /// As [`Bf16Matrix::matmul`].
+    pub fn matmul_serial(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+        self.matmul_on(x, y, false)
+    }
+
+    fn matmul_on(&self, x: &[f32], y: &mut [f32], parallel: bool) -> Result<()> {
         let (k, n, kp) = (self.cols, self.rows, self.kp);
         if !x.len().is_multiple_of(k) || y.len() != x.len() / k * n {
             return Err(Error::Shape(format!(
@@ -175,31 +190,44 @@ impl Bf16Matrix {
         // Activations as bf16 rows of kp, padded with zero rows to a whole tile.
         let mp = m.next_multiple_of(TILE);
         let mut a = vec![0u16; mp * kp];
-        a.par_chunks_mut(kp * TILE)
-            .zip(x.par_chunks(k * TILE))
-            .for_each(|(dst, src)| {
-                for (d, s) in dst.chunks_exact_mut(kp).zip(src.chunks_exact(k)) {
-                    // SAFETY: every CPU with AMX has AVX-512 F and BW (checked in
-                    // `detect`, which `available()` above required).
-                    unsafe { to_bf16_avx512(s, d) };
-                }
-            });
-        // Work items: pairs of 16-column blocks (32 outputs), a few per thread.
+        let convert = |(dst, src): (&mut [u16], &[f32])| {
+            for (d, s) in dst.chunks_exact_mut(kp).zip(src.chunks_exact(k)) {
+                // SAFETY: every CPU with AMX has AVX-512 F and BW (checked in `detect`,
+                // which `available()` above required).
+                unsafe { to_bf16_avx512(s, d) };
+            }
+        };
+        if parallel {
+            a.par_chunks_mut(kp * TILE)
+                .zip(x.par_chunks(k * TILE))
+                .for_each(convert);
+        } else {
+            a.chunks_mut(kp * TILE)
+                .zip(x.chunks(k * TILE))
+                .for_each(convert);
+        }
         let pairs = n.div_ceil(2 * TILE);
+        let job = Job {
+            a: &a,
+            m,
+            mp,
+            kp,
+            w: &self.data,
+            n,
+        };
+        if !parallel {
+            // SAFETY: `available()` checked the CPU and the tile permission; all pairs
+            // cover exactly the m×n output.
+            unsafe { job.run(0..pairs, y.as_mut_ptr()) };
+            return Ok(());
+        }
+        // Work items: pairs of 16-column blocks (32 outputs), a few per thread.
         let threads = rayon::current_num_threads().max(1);
         let per = pairs.div_ceil(4 * threads).max(1);
         let out = crate::matrix::SendPtr(y.as_mut_ptr());
         let out = &out;
-        let a = &a;
+        let job = &job;
         (0..pairs.div_ceil(per)).into_par_iter().for_each(|t| {
-            let job = Job {
-                a,
-                m,
-                mp,
-                kp,
-                w: &self.data,
-                n,
-            };
             // SAFETY: `available()` checked the CPU and the tile permission; this task
             // writes only output columns of its own pairs, inside the m×n output.
             unsafe { job.run(t * per..((t + 1) * per).min(pairs), out.ptr()) };
@@ -443,6 +471,25 @@ mod tests {
             let packed = Bf16Matrix::from_f32(&w, n, k)?;
             let mut y = vec![f32::NAN; m * n];
             packed.matmul(&x, &mut y)?;
+            // On the calling thread alone: the same bits.
+            let mut serial = vec![f32::NAN; m * n];
+            packed.matmul_serial(&x, &mut serial)?;
+            assert!(
+                y.iter()
+                    .zip(&serial)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{m}x{n}x{k}: serial and pooled results differ"
+            );
+            // Each output row depends only on its own input row.
+            let mut one = vec![f32::NAN; n];
+            packed.matmul_serial(&x[(m - 1) * k..], &mut one)?;
+            assert!(
+                y[(m - 1) * n..]
+                    .iter()
+                    .zip(&one)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{m}x{n}x{k}: the last row alone differs"
+            );
             for r in 0..m {
                 for c in 0..n {
                     let want: f64 = (0..k)
@@ -467,6 +514,7 @@ mod tests {
         let p = Bf16Matrix::from_f32(&[0.0; 6], 2, 3)?;
         let mut y = [0.0; 4];
         assert!(p.matmul(&[0.0; 5], &mut y).is_err());
+        assert!(p.matmul_serial(&[0.0; 5], &mut y).is_err());
         Ok(())
     }
 }
