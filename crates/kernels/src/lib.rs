@@ -6,12 +6,14 @@
 //! every format llama.cpp's small models use a runtime-dispatched AVX2 kernel (with a
 //! portable scalar fallback; no global `target-cpu` flags) and a multi-threaded matmul
 //! that quantizes activations to 8 bits once per call, as llama.cpp does; plus the
-//! attention over the model's f16 KV cache, which candle cannot read without converting.
+//! attention over the model's f16 KV cache, which candle cannot read without converting;
+//! AMX bf16 tiles for many-row matmuls; vectorised reductions over logit rows.
 
 mod amx;
 mod attention;
 mod dtype;
 mod error;
+mod logits;
 mod matrix;
 mod pool;
 mod quant;
@@ -26,4 +28,5 @@ pub use amx::Bf16Matrix;
 pub use attention::{Attention, KvView};
 pub use dtype::GgmlDType;
 pub use error::{Error, Result};
+pub use logits::{exp_approx, kl_divergence, log_sum_exp};
 pub use matrix::{Bytes, Level, QMatrix};

@@ -27,7 +27,7 @@ pub use gguf_edit::{
 };
 pub use metric::{
     DEFAULT_REFUSAL_WORDS, REFUSAL_SUBSTRINGS, cosine, is_refusal, kl_divergence, log_softmax,
-    mean, refusal_score, refusal_token_ids,
+    mean, refusal_score, refusal_token_ids, token_cross_entropy,
 };
 pub use pipeline::{
     Intervention, JudgedCompletion, RefusalRun, RunConfig, ablation_hook, default_data_dir,

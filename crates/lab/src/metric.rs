@@ -1,6 +1,10 @@
 //! Refusal metrics: the paper's substring judge, refusal-token sets read from a
 //! vocabulary, the logit refusal score and the KL divergence between next-token
-//! distributions. All on plain slices so they are testable without a model.
+//! distributions. All on plain slices so they are testable without a model. The
+//! reductions over a whole vocabulary run on `overseer-kernels`' vector code: these run
+//! once per scored prompt and per generated token of a cross-entropy pass.
+
+use overseer_kernels::log_sum_exp;
 
 /// Arditi et al.'s refusal substrings (matched case-insensitively anywhere in the completion).
 pub const REFUSAL_SUBSTRINGS: &[&str] = &[
@@ -49,56 +53,41 @@ pub fn refusal_token_ids(vocab: &[String], words: &[String]) -> Vec<u32> {
     ids
 }
 
-fn log_sum_exp(values: impl Iterator<Item = f64> + Clone) -> f64 {
-    let m = values.clone().fold(f64::NEG_INFINITY, f64::max);
-    if !m.is_finite() {
-        return m;
-    }
-    m + values.map(|v| (v - m).exp()).sum::<f64>().ln()
-}
-
 /// Log-odds of the probability mass on `refusal_ids`: `log p − log(1 − p)`, computed
-/// as `logsumexp(refusal logits) − logsumexp(other logits)` (exact and stable).
+/// as `logsumexp(refusal logits) − logsumexp(other logits)` (exact and stable: the
+/// other mass is summed over the other entries, never as `1 − p`).
 /// NaN if `refusal_ids` is empty or out of range.
 pub fn refusal_score(logits: &[f32], refusal_ids: &[u32]) -> f64 {
     if refusal_ids.is_empty() || refusal_ids.iter().any(|&i| i as usize >= logits.len()) {
         return f64::NAN;
     }
-    let mut is_ref = vec![false; logits.len()];
+    let refusal: Vec<f32> = refusal_ids.iter().map(|&i| logits[i as usize]).collect();
+    let mut other = logits.to_vec();
     for &i in refusal_ids {
-        is_ref[i as usize] = true;
+        other[i as usize] = f32::NEG_INFINITY;
     }
-    let refusal = log_sum_exp(refusal_ids.iter().map(|&i| f64::from(logits[i as usize])));
-    let other = log_sum_exp(
-        logits
-            .iter()
-            .zip(&is_ref)
-            .filter(|(_, r)| !**r)
-            .map(|(&l, _)| f64::from(l)),
-    );
-    refusal - other
+    log_sum_exp(&refusal) - log_sum_exp(&other)
 }
 
-/// Log-softmax in f64.
+/// Log-softmax (f64 results; the log-sum-exp as [`log_sum_exp`]).
 pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let lse = log_sum_exp(logits.iter().map(|&l| f64::from(l)));
+    let lse = log_sum_exp(logits);
     logits.iter().map(|&l| f64::from(l) - lse).collect()
 }
 
-/// `KL(p ‖ q)` of the two next-token distributions given by logits.
+/// `−log softmax(logits)[target]` in nats: the cross-entropy of one next-token
+/// prediction. NaN if `target` is out of range.
+pub fn token_cross_entropy(logits: &[f32], target: u32) -> f64 {
+    match logits.get(target as usize) {
+        Some(&l) => log_sum_exp(logits) - f64::from(l),
+        None => f64::NAN,
+    }
+}
+
+/// `KL(p ‖ q)` of the two next-token distributions given by logits (vector code with
+/// f64 sums, see `overseer_kernels::kl_divergence`). NaN if the lengths differ.
 pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
-    let lp = log_softmax(p_logits);
-    let lq = log_softmax(q_logits);
-    lp.iter()
-        .zip(&lq)
-        .map(|(&a, &b)| {
-            if a.is_finite() {
-                a.exp() * (a - b)
-            } else {
-                0.0
-            }
-        })
-        .sum()
+    overseer_kernels::kl_divergence(p_logits, q_logits)
 }
 
 /// Mean of finite values; NaN when there are none.
@@ -150,12 +139,16 @@ mod tests {
     #[test]
     fn refusal_score_is_log_odds() {
         // Two equal logits among four: p = 0.5 -> log-odds 0.
-        assert!(refusal_score(&[1.0, 1.0, 1.0, 1.0], &[0, 1]).abs() < 1e-12);
+        assert!(refusal_score(&[1.0, 1.0, 1.0, 1.0], &[0, 1]).abs() < 1e-6);
         // p = e^2 / (e^2 + 3) for one refusal token at logit 2 among zeros.
         let logits = [2.0f32, 0.0, 0.0, 0.0];
         let p = 2f64.exp() / (2f64.exp() + 3.0);
         let want = (p / (1.0 - p)).ln();
-        assert!((refusal_score(&logits, &[0]) - want).abs() < 1e-9);
+        assert!((refusal_score(&logits, &[0]) - want).abs() < 1e-6);
+        // p near 1: the other mass is summed, not taken as 1 - p.
+        let sure = [30.0f32, 0.0, 0.0];
+        let want = 30.0 - 2f64.ln();
+        assert!((refusal_score(&sure, &[0]) - want).abs() < 1e-5);
         // Huge logits stay finite.
         assert!(refusal_score(&[1000.0, -1000.0, 0.0], &[0]).is_finite());
         assert!(refusal_score(&logits, &[]).is_nan());
@@ -165,7 +158,7 @@ mod tests {
     #[test]
     fn kl_properties() {
         let a = [1.0f32, 2.0, 3.0];
-        assert!(kl_divergence(&a, &a).abs() < 1e-12);
+        assert!(kl_divergence(&a, &a).abs() < 1e-9);
         // Shifting all logits does not change the distribution.
         let shifted = [11.0f32, 12.0, 13.0];
         assert!(kl_divergence(&a, &shifted).abs() < 1e-9);
@@ -175,7 +168,20 @@ mod tests {
         let pa = log_softmax(&a);
         let pb = log_softmax(&b);
         let want: f64 = (0..3).map(|i| pa[i].exp() * (pa[i] - pb[i])).sum();
-        assert!((kl - want).abs() < 1e-12 && kl > 0.0);
+        assert!((kl - want).abs() < 1e-6 && kl > 0.0);
+        assert!(kl_divergence(&a, &b[..2]).is_nan());
+    }
+
+    #[test]
+    fn token_cross_entropy_is_minus_log_softmax() {
+        let logits = [0.5f32, -1.0, 2.0, 0.0];
+        let ls = log_softmax(&logits);
+        for t in 0..4 {
+            assert!((token_cross_entropy(&logits, t) + ls[t as usize]).abs() < 1e-6);
+        }
+        // Probabilities sum to one.
+        assert!((ls.iter().map(|v| v.exp()).sum::<f64>() - 1.0).abs() < 1e-6);
+        assert!(token_cross_entropy(&logits, 4).is_nan());
     }
 
     #[test]

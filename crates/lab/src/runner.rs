@@ -18,7 +18,7 @@ use overseer_lm::{
     Session,
 };
 
-use crate::metric::{log_softmax, refusal_score};
+use crate::metric::{refusal_score, token_cross_entropy};
 use crate::{Error, Result};
 
 /// Reborrow an optional hook for one forward call.
@@ -58,6 +58,10 @@ impl Progress for NoProgress {
 
 /// Shortest shared prefix worth computing once instead of in every row.
 const MIN_SHARED: usize = 4;
+
+/// Positions whose full-vocabulary logits [`Runner::cross_entropy`] holds at once
+/// (256 × 151,936 f32 for Qwen2.5: 156 MB).
+const HEAD_POSITIONS: usize = 256;
 
 /// How many leading tokens all `prompts` share, leaving every prompt at least one token
 /// of its own; 0 for fewer than two prompts or a prefix too short to be worth a fork.
@@ -594,8 +598,6 @@ impl<'m> Runner<'m> {
             .map(Vec::len)
             .collect();
         let (mut total, mut count) = (0.0f64, 0usize);
-        // Full-sequence logits are (batch, seq, vocab): keep batches small.
-        let batch = (self.batch / 4).max(1);
         // The prefix is shared by the prompts (so it never reaches a completion token).
         let kept: Vec<Vec<u32>> = prompts
             .iter()
@@ -604,29 +606,45 @@ impl<'m> Runner<'m> {
             .map(|(p, _)| p.clone())
             .collect();
         let prefix = self.prefix(&kept, reborrow(&mut hook), true)?;
-        for b in self.batches(&full, batch) {
+        // Rows of up to ~300 tokens: small batches keep the attention's score tensors
+        // (rows x heads x seq x seq) in cache; 16 rows took 137 s for the default run's
+        // cost stage, 4 rows 100 s, 2 rows 95 s (candle's attention; 4 rows with the
+        // f16 kernel, as the lab runs, 95 s).
+        for b in self.batches(&full, (self.batch / 4).max(1)) {
             let rows: Vec<Vec<u32>> = b.iter().map(|&i| prefix.tail(&full[i]).to_vec()).collect();
             let seq = rows.iter().map(Vec::len).max().unwrap_or(0);
             let mut s = prefix.session(self.model, rows.len(), 0)?;
+            // Final-norm outputs only: the LM head runs on the positions that predict a
+            // completion token, not on prompts and padding (full-vocabulary logits for
+            // every position were the largest tensor of the pass).
             let o = ForwardOptions {
                 hooks: reborrow(&mut hook),
-                logits: Logits::All,
+                logits: Logits::None,
             };
-            let logits = self.model.forward(&mut s, &rows, o)?;
+            let hidden = self.model.forward(&mut s, &rows, o)?;
+            let mut wanted = Vec::with_capacity(b.len());
+            let mut targets: Vec<u32> = Vec::new();
             for (k, &i) in b.iter().enumerate() {
                 let n = comp_len[i];
-                // Logits at position t predict token t+1; rows are right-aligned.
-                let start = seq - n - 1;
-                let part: Vec<Vec<f32>> = logits
-                    .get(k)?
-                    .narrow(0, start, n)?
+                // Position t predicts token t+1; rows are right-aligned.
+                wanted.push(hidden.get(k)?.narrow(0, seq - n - 1, n)?);
+                targets.extend_from_slice(&full[i][full[i].len() - n..]);
+            }
+            let wanted = Tensor::cat(&wanted, 0)?;
+            drop(hidden);
+            let mut done = 0;
+            while done < targets.len() {
+                let n = HEAD_POSITIONS.min(targets.len() - done);
+                let logits: Vec<Vec<f32>> = self
+                    .model
+                    .lm_head(&wanted.narrow(0, done, n)?)?
                     .to_dtype(overseer_lm::candle_core::DType::F32)?
                     .to_vec2()?;
-                let targets = &full[i][full[i].len() - n..];
-                for (row, &t) in part.iter().zip(targets) {
-                    total -= log_softmax(row)[t as usize];
+                for (row, &t) in logits.iter().zip(&targets[done..done + n]) {
+                    total += token_cross_entropy(row, t);
                     count += 1;
                 }
+                done += n;
             }
             progress.advance(b.len() as u64);
         }

@@ -153,3 +153,49 @@ fn passes_started_at_their_layer_equal_full_passes() {
             .is_err()
     );
 }
+
+/// Cross-entropy against its definition: one plain forward pass over each prompt and
+/// completion, logits at every position, the mean of `−log softmax` at the positions
+/// that predict completion tokens. The runner shares the prefix, batches rows of
+/// different lengths (padding) and applies the LM head to those positions only.
+#[test]
+fn cross_entropy_matches_its_definition() {
+    use overseer_lm::{ForwardOptions, Logits};
+    let model = model();
+    let (r, prompts) = runner_and_prompts(&model);
+    let completions: Vec<Vec<u32>> = r
+        .generate(&prompts, 5, None, &NoProgress)
+        .expect("generate")
+        .into_iter()
+        .map(|c| c.tokens)
+        .collect();
+    let (mut total, mut count) = (0.0f64, 0usize);
+    for (p, c) in prompts.iter().zip(&completions) {
+        let seq: Vec<u32> = p.iter().chain(c).copied().collect();
+        let mut s = model.session(1);
+        let logits = model
+            .forward(
+                &mut s,
+                std::slice::from_ref(&seq),
+                ForwardOptions::default().logits(Logits::All),
+            )
+            .expect("forward")
+            .get(0)
+            .expect("row")
+            .to_vec2::<f32>()
+            .expect("f32 logits");
+        for (t, &target) in seq.iter().enumerate().skip(p.len()) {
+            total -= overseer_lab::log_softmax(&logits[t - 1])[target as usize];
+            count += 1;
+        }
+    }
+    assert!(count > 0, "the completions have tokens");
+    let want = total / count as f64;
+    let got = r
+        .cross_entropy(&prompts, &completions, None, &NoProgress)
+        .expect("ce");
+    assert!(
+        (got - want).abs() < 0.02 * want.max(1.0),
+        "cross-entropy {got} vs {want} by definition"
+    );
+}

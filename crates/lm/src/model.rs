@@ -37,6 +37,12 @@ pub struct LoadOptions {
     /// packed to bf16 on its first such call (2 bytes per weight, kept). Checked before
     /// `f32_gemm_rows`. `None` (the default): never.
     pub amx_rows: Option<usize>,
+    /// Attention on the CPU through `overseer_kernels::Attention`, which reads the f16
+    /// KV cache in place, instead of candle's matmuls over the cache converted to f32 at
+    /// every layer of every call: faster, with a summation order that moves logits
+    /// slightly off llama.cpp's (see `kernel_attention` in model.rs). `false` (the
+    /// default): candle's, unless `OVERSEER_KERNEL_ATTENTION=1`.
+    pub kernel_attention: bool,
 }
 
 impl Default for LoadOptions {
@@ -46,6 +52,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             f32_gemm_rows: None,
             amx_rows: None,
+            kernel_attention: false,
         }
     }
 }
@@ -58,6 +65,7 @@ impl LoadOptions {
             device: Device::Cpu,
             f32_gemm_rows: None,
             amx_rows: None,
+            kernel_attention: false,
         }
     }
 
@@ -82,6 +90,7 @@ impl LoadOptions {
             device,
             f32_gemm_rows: None,
             amx_rows: None,
+            kernel_attention: false,
         })
     }
 
@@ -183,6 +192,8 @@ pub struct Model {
     rope: Rope,
     /// The pool of `threads` workers every forward call runs in (`None`: the global one).
     pool: Option<rayon::ThreadPool>,
+    /// `LoadOptions::kernel_attention`, or `OVERSEER_KERNEL_ATTENTION=1`.
+    kernel_attention: bool,
 }
 
 /// Read a norm or bias vector as f32 of length `n`.
@@ -330,6 +341,7 @@ impl Model {
             output_norm,
             rope,
             pool,
+            kernel_attention: opts.kernel_attention || kernel_attention(),
         })
     }
 
@@ -394,6 +406,24 @@ impl Model {
         o: ForwardOptions<'_>,
     ) -> Result<Tensor> {
         self.guarded(s, |s| self.forward_chunked(s, tokens, o))
+    }
+
+    /// The LM head (the output matrix, or the tied embedding) applied to final-norm
+    /// outputs `x` `(..., hidden)`, as [`Logits::All`] does: for callers that want
+    /// logits at only some positions of a [`Logits::None`] call (the vocabulary makes
+    /// them the largest tensor of a pass).
+    ///
+    /// Errors: [`Error::InvalidArgument`] if the last dimension is not the hidden size or
+    /// `x` is on another device; [`Error::Candle`].
+    pub fn lm_head(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dims().last() != Some(&self.config.hidden) {
+            return Err(Error::InvalidArgument(format!(
+                "LM head of input size {} applied to shape {:?}",
+                self.config.hidden,
+                x.dims()
+            )));
+        }
+        self.lm_head.as_ref().unwrap_or(&self.embed).forward(x)
     }
 
     /// [`Model::forward`] starting at layer `from.layer` with `from.resid` as the
@@ -718,7 +748,7 @@ impl Model {
                 Some(m) if narrow => Some(m.narrow(2, seq - 1, 1)?.contiguous()?),
                 other => other.clone(),
             };
-            let y = if self.device.is_cpu() && kernel_attention() {
+            let y = if self.device.is_cpu() && self.kernel_attention {
                 attention_cpu(&q, &k, &v, qmask.as_ref(), nkv, scale as f32)?
             } else {
                 attention_candle(&q, &k, &v, qmask.as_ref(), nkv, scale)?

@@ -163,6 +163,71 @@ fn amx_route_matches_f32_route() {
     }
 }
 
+/// `LoadOptions::kernel_attention` (the f16-cache kernel, as the lab runs): on a padded
+/// batch of two prompts, then four decode steps, its logits agree with candle's
+/// attention at every position up to summation order, and differ from them (the option
+/// takes effect). Measured: at most 1.2e-3 of the logit scale.
+#[test]
+fn kernel_attention_option_matches_candle_attention() {
+    // f32 matmuls (as the lab's batches run without AMX): no 8-bit activation rounding
+    // to amplify the attention's different summation order.
+    let load = |kernel_attention: bool| {
+        let opts = LoadOptions {
+            kernel_attention,
+            f32_gemm_rows: Some(1),
+            ..LoadOptions::default()
+        };
+        Model::load(&model_path("SmolLM2-135M-Instruct.Q4_1.gguf"), &opts).expect("loads")
+    };
+    let (candle_model, kernel_model) = (load(false), load(true));
+    let prompts = vec![
+        chat(&candle_model, "Name three uses of a lighthouse."),
+        chat(&candle_model, "Why is the sea salty? One line."),
+    ];
+    let run = |m: &Model| {
+        let mut s = m.session(prompts.len());
+        let mut out = vec![
+            m.forward(&mut s, &prompts, ForwardOptions::last().logits(Logits::All))
+                .expect("prefill"),
+        ];
+        for step in 0..4u32 {
+            let feed = vec![vec![100 + step], vec![200 + step]];
+            out.push(
+                m.forward(&mut s, &feed, ForwardOptions::last().logits(Logits::All))
+                    .expect("decode"),
+            );
+        }
+        out
+    };
+    if std::env::var_os("OVERSEER_KERNEL_ATTENTION").is_some() {
+        eprintln!("OVERSEER_KERNEL_ATTENTION is set: both models use the kernel; skipped");
+        return;
+    }
+    let (want, got) = (run(&candle_model), run(&kernel_model));
+    let seq = want[0].dim(1).expect("seq");
+    let (mut changed, mut worst) = (false, 0.0f32);
+    for (call, (g, w)) in got.iter().zip(&want).enumerate() {
+        for row in 0..prompts.len() {
+            // The prefill's padding positions have no meaning; skip them.
+            let skip = if call == 0 {
+                seq - prompts[row].len()
+            } else {
+                0
+            };
+            let (g, w) = (g.get(row).expect("row"), w.get(row).expect("row"));
+            for pos in skip..g.dim(0).expect("positions") {
+                let (gp, wp) = (g.get(pos).expect("pos"), w.get(pos).expect("pos"));
+                let d = max_abs_diff(&gp, &wp);
+                changed |= d > 0.0;
+                worst = worst.max(d / scale(&wp));
+                assert_close(&gp, &wp, &format!("call {call} row {row} position {pos}"));
+            }
+        }
+    }
+    eprintln!("worst difference {worst} of the logit scale");
+    assert!(changed, "kernel_attention took no effect");
+}
+
 /// A prompt longer than `PREFILL_CHUNK` is fed in chunks; the logits (all positions and
 /// the last) equal one unsplit pass, which a hook forces.
 #[test]

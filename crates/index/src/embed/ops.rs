@@ -10,11 +10,11 @@
 //! Why hand-written element-wise code: with 2 cores the f32 GEMMs of all-MiniLM-L6-v2 take
 //! only ~75% of the time (and less than half on AMX), so GELU (1536 erf per token per layer) and softmax matter; a
 //! libm `erf`/`exp` per element would cost as much as the matmuls. The functions below use
-//! branch-free polynomial approximations (|error| < 2e-7) and are compiled twice: once for
+//! branch-free polynomial approximations (`exp` from `overseer-kernels`) (|error| < 2e-7) and are compiled twice: once for
 //! the baseline target and once with AVX2+FMA, picked at run time.
 
 use gemm::Parallelism;
-use overseer_kernels::Bf16Matrix;
+use overseer_kernels::{Bf16Matrix, exp_approx};
 
 use super::small::{self, Panels};
 use super::team::Par;
@@ -304,30 +304,6 @@ fn add_layer_norm_body(x: &mut [f32], delta: &[f32], gamma: &[f32], beta: &[f32]
     }
 }
 
-/// `e^x` for `x` in about [-87, 88] (clamped outside), relative error < 2e-7.
-/// Range reduction `x = n·ln2 + r`, |r| ≤ ln2/2, then a degree-6 Taylor polynomial.
-#[inline(always)]
-fn exp_approx(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // Adding and subtracting 1.5·2^23 rounds to the nearest integer without a libcall.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
-    let t = x * LOG2E + ROUND;
-    let n = t - ROUND;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    // `t`'s last mantissa bits hold `n` (its ulp is 1): the integer without a float→int
-    // conversion, which Rust saturates and LLVM then leaves scalar.
-    let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-    let scale = f32::from_bits((ni.wrapping_add(127) as u32) << 23);
-    p * scale
-}
-
 /// `0.5·x·(1 + erf(x/√2))` with erf from Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7),
 /// arranged so that `1 + erf` is computed without cancellation for negative `x`.
 #[inline(always)]
@@ -407,19 +383,6 @@ mod tests {
             s += (h / 6.0) * ((-t0 * t0).exp() + 4.0 * (-tm * tm).exp() + (-t1 * t1).exp());
         }
         s * 2.0 / std::f64::consts::PI.sqrt()
-    }
-
-    #[test]
-    fn exp_matches_std() {
-        for i in -800..=800 {
-            let x = i as f32 * 0.1;
-            let got = exp_approx(x) as f64;
-            let want = (x as f64).exp();
-            assert!(
-                ((got - want) / want).abs() < 3e-7,
-                "exp({x}) = {got}, want {want}"
-            );
-        }
     }
 
     #[test]
