@@ -180,7 +180,8 @@ fn batch_invariance() {
 }
 
 /// Every fixture text embedded alone, as a search query is (the short ones through the
-/// few-rows f16 kernel), still matches sentence-transformers.
+/// few-rows f16 kernel, or AMX bf16 tiles where the CPU has them), still matches
+/// sentence-transformers.
 #[test]
 fn single_texts_match_sentence_transformers() {
     let m = model();
