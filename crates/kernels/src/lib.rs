@@ -28,5 +28,5 @@ pub use amx::Bf16Matrix;
 pub use attention::{Attention, KvView};
 pub use dtype::GgmlDType;
 pub use error::{Error, Result};
-pub use logits::{exp_approx, kl_divergence, log_sum_exp};
+pub use logits::{exp_approx, kl_divergence, log_sum_exp, max_lanes};
 pub use matrix::{Bytes, Level, QMatrix};

@@ -88,10 +88,12 @@ multiversion! {
     fn kl_divergence(p: &[f32], q: &[f32]) -> f64 => kl_divergence_body
 }
 
+/// The largest of `x` (`-inf` if empty), as a vectorisable reduction: a plain comparison
+/// per lane, not `f32::max`, whose NaN rule keeps LLVM from vectorising it (so a NaN
+/// entry may be skipped: callers that care look for NaN themselves). Inlined into
+/// callers so that it runs at their SIMD level.
 #[inline(always)]
-fn max_body(x: &[f32]) -> f32 {
-    // A plain comparison per lane (not `f32::max`, whose NaN rule keeps LLVM from
-    // vectorising the reduction); NaN is looked for separately by the callers.
+pub fn max_lanes(x: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let chunks = x.chunks_exact(LANES);
     let mut max = f32::NEG_INFINITY;
@@ -132,7 +134,7 @@ fn block_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 
 #[inline(always)]
 fn log_sum_exp_body(x: &[f32]) -> f64 {
-    let max = max_body(x);
+    let max = max_lanes(x);
     if x.iter().any(|v| v.is_nan()) {
         return f64::NAN;
     }
@@ -190,18 +192,6 @@ mod tests {
             .ln()
     }
 
-    fn row(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
-            })
-            .collect()
-    }
-
     #[test]
     fn exp_matches_std() {
         for i in -8700..=8800 {
@@ -218,7 +208,7 @@ mod tests {
     fn log_sum_exp_matches_f64() {
         // Vocabulary-sized rows, odd lengths (tails), and a peaked row.
         for (n, scale) in [(151_936, 30.0), (1001, 4.0), (17, 1.0), (1, 1.0)] {
-            let x = row(n, n as u64, scale);
+            let x = crate::tests::uniform(n, n as u64, scale);
             let (got, want) = (log_sum_exp(&x), lse_f64(&x));
             assert!(
                 (got - want).abs() <= 1e-5 * want.abs().max(1.0),
@@ -247,9 +237,9 @@ mod tests {
                 })
                 .sum::<f64>()
         };
-        let p = row(151_936, 3, 20.0);
+        let p = crate::tests::uniform(151_936, 3, 20.0);
         for (seed, amount) in [(4, 0.05f32), (5, 1.0), (6, 10.0)] {
-            let noise = row(p.len(), seed, amount);
+            let noise = crate::tests::uniform(p.len(), seed, amount);
             let q: Vec<f32> = p.iter().zip(&noise).map(|(a, b)| a + b).collect();
             let (got, want) = (kl_divergence(&p, &q), kl_f64(&p, &q));
             // f32 offsets of logits up to ±10: ~1e-6 absolute.

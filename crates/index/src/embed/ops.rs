@@ -14,7 +14,7 @@
 //! the baseline target and once with AVX2+FMA, picked at run time.
 
 use gemm::Parallelism;
-use overseer_kernels::{Bf16Matrix, exp_approx};
+use overseer_kernels::{Bf16Matrix, exp_approx, max_lanes};
 
 use super::small::{self, Panels};
 use super::team::Par;
@@ -334,22 +334,7 @@ fn gelu_body(x: &mut [f32]) {
 #[inline(always)]
 fn softmax_rows_body(x: &mut [f32], width: usize) {
     for row in x.chunks_exact_mut(width) {
-        // Sixteen lanes and a plain comparison (not `f32::max`, whose NaN rule keeps
-        // LLVM from vectorising the reduction).
-        let mut lanes = [f32::NEG_INFINITY; 16];
-        let chunks = row.chunks_exact(16);
-        let mut max = f32::NEG_INFINITY;
-        for v in chunks.remainder() {
-            max = if *v > max { *v } else { max };
-        }
-        for c in chunks {
-            for i in 0..16 {
-                lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
-            }
-        }
-        for v in lanes {
-            max = if v > max { v } else { max };
-        }
+        let max = max_lanes(row);
         for v in row.iter_mut() {
             *v = exp_approx(*v - max);
         }
