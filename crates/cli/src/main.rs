@@ -66,8 +66,10 @@ fn main() -> ExitCode {
     ) {
         alloc::one_arena();
     }
-    if matches!(cli.command, Command::Refusal(_)) {
+    if let Command::Refusal(c) = &cli.command {
         alloc::keep_large_buffers();
+        // SAFETY: no other thread exists yet (logging is not set up, nothing loaded).
+        unsafe { cmd::refusal::prepare(&cli.global, c) };
     }
     settings::init_logging(&cli.global);
     let result = match cli.command {

@@ -63,6 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         system_prompt: None,
         share_prefix: true,
+        lanes: 1,
     };
     let prompts = r.encode_all(&texts)?;
     let upto = layers.iter().copied().max().unwrap_or(0);

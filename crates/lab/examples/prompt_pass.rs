@@ -2,7 +2,9 @@
 //! hook, as in candidate scoring), with and without the shared-prefix fork, back to back:
 //!
 //!     cargo run --release -p overseer-lab --example prompt_pass -- MODEL.gguf \
-//!         ../shared/data/refusal/harmful_val.json [--n 32] [--batch 16] [--threads T] [--repeat 3] [--f32-rows R] [--amx-rows R] [--shared-only true]
+//!         ../shared/data/refusal/harmful_val.json [--n 32] [--batch 16] [--threads T] [--repeat 3] [--f32-rows R] [--amx-rows R] [--shared-only true] [--lanes L]
+//!
+//! With `--lanes L > 1`, run it with `CANDLE_NUM_THREADS=1` as the CLI does.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -13,11 +15,12 @@ use overseer_lm::{Ablation, LoadOptions, Model};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let usage = "usage: prompt_pass MODEL PROMPTS.json [--n N] [--batch B] [--threads T] \
-                 [--repeat R] [--f32-rows R] [--amx-rows R] [--shared-only true|false]";
+                 [--repeat R] [--f32-rows R] [--amx-rows R] [--shared-only true|false] [--lanes L]";
     let model_path = PathBuf::from(args.next().ok_or(usage)?);
     let prompts_path = PathBuf::from(args.next().ok_or(usage)?);
     let (mut n, mut batch, mut threads, mut repeat) = (32usize, 16usize, None, 3usize);
     let (mut f32_rows, mut amx_rows, mut shared_only) = (None, None, false);
+    let mut lanes = 1usize;
     while let Some(flag) = args.next() {
         let val = args.next().ok_or(usage)?;
         match flag.as_str() {
@@ -28,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--f32-rows" => f32_rows = Some(val.parse()?),
             "--amx-rows" => amx_rows = Some(val.parse()?),
             "--shared-only" => shared_only = val.parse()?,
+            "--lanes" => lanes = val.parse()?,
             _ => return Err(usage.into()),
         }
     }
@@ -60,6 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             refusal_ids: vec![0],
             system_prompt: None,
             share_prefix,
+            lanes,
         };
         let prompts = r.encode_all(&texts)?;
         let tokens: usize = prompts.iter().map(Vec::len).sum();

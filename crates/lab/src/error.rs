@@ -38,6 +38,9 @@ pub enum Error {
     /// Nothing survived a filter step, so the method cannot go on.
     #[error("{0}")]
     NothingLeft(String),
+    /// The threads of side-by-side passes (lanes) could not be started.
+    #[error("cannot start the lanes' threads: {0}")]
+    Threads(String),
     /// The model runtime failed.
     #[error(transparent)]
     Lm(#[from] overseer_lm::Error),

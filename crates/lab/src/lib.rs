@@ -10,6 +10,7 @@ mod data;
 mod direction;
 mod error;
 mod gguf_edit;
+mod lanes;
 mod metric;
 mod pipeline;
 mod plot;

@@ -51,6 +51,10 @@ pub struct RunConfig {
     /// off only to measure what it saves. Not part of the run's identity.
     #[serde(skip)]
     pub share_prefix: bool,
+    /// Batches run side by side, one thread each (see `Runner::lanes`); 1: one at a
+    /// time on every thread. Not part of the run's identity.
+    #[serde(skip)]
+    pub lanes: usize,
     pub max_new_tokens: usize,
     pub selection: SelectionConfig,
     pub refusal_words: Vec<String>,
@@ -81,6 +85,7 @@ impl RunConfig {
             batch: 16,
             gen_batch: 64,
             share_prefix: true,
+            lanes: 1,
             max_new_tokens: 256,
             selection: SelectionConfig::default(),
             refusal_words: crate::metric::DEFAULT_REFUSAL_WORDS
@@ -95,6 +100,18 @@ impl RunConfig {
             n_examples: 3,
         }
     }
+}
+
+/// What every candidate direction of a run is scored on.
+struct ScoringSet<'a> {
+    /// Harmful validation prompts (bypass score).
+    harmful: &'a [Vec<u32>],
+    /// Harmless validation prompts (KL and induce score).
+    harmless: &'a [Vec<u32>],
+    /// The unmodified model's last-position logits on `harmless` (the KL baseline).
+    base: &'a [Vec<f32>],
+    /// Their captured layer inputs, when kept: induce passes start at their layer.
+    inputs: Option<&'a LayerInputs>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -255,6 +272,7 @@ impl RefusalRun<'_> {
             refusal_ids: ids,
             system_prompt: self.config.system_prompt.clone(),
             share_prefix: self.config.share_prefix,
+            lanes: self.config.lanes.max(1),
         })
     }
 
@@ -577,34 +595,52 @@ impl RefusalRun<'_> {
             ("addition_harmless", false, Intervention::Add(sel.coef)),
             ("subtraction_harmful", true, Intervention::Add(-1.0)),
         ];
+        let test_set = |harmful: bool| -> &[String] {
+            if harmful {
+                &prompts.harmful_test
+            } else {
+                &prompts.harmless_test
+            }
+        };
         let mut evals = std::collections::BTreeMap::new();
+        let mut todo = Vec::new();
         for (name, harmful, iv) in conditions {
-            let file = format!("eval_{name}.json");
-            let items: EvalState = match state.load(&file)? {
-                Some(e) => e,
-                None => {
-                    let set = if harmful {
-                        &prompts.harmful_test
-                    } else {
-                        &prompts.harmless_test
-                    };
-                    let e = stage(&mut timings, &format!("eval {name}"), || {
-                        let mut hook = intervention_hook(self.model, &dir, iv)?;
-                        let items = evaluate(
-                            &runner,
-                            set,
-                            crate::runner::boxed(&mut hook),
-                            self.config.max_new_tokens,
-                            progress,
-                        )?;
-                        let tokens = items.iter().map(|c| c.tokens.clone()).collect();
-                        Ok(EvalState { items, tokens })
-                    })?;
-                    state.save(&file, &e)?;
-                    e
+            match state.load::<EvalState>(&format!("eval_{name}.json"))? {
+                Some(e) => {
+                    evals.insert(name, e);
                 }
-            };
-            evals.insert(name, items);
+                None => todo.push((name, harmful, iv)),
+            }
+        }
+        // Conditions under the same intervention generate in one call (harmful and
+        // harmless prompts together): on two lanes each lane then decodes 64 rows, not
+        // 32. (Each condition whole on its own lane measured slower: 212 s against 195 s
+        // for the default run's evaluations.) Each condition is still saved on its own,
+        // so a killed run resumes per condition.
+        while let Some(&(_, _, iv)) = todo.first() {
+            let (group, rest): (Vec<_>, Vec<_>) = todo.into_iter().partition(|c| c.2 == iv);
+            todo = rest;
+            let names: Vec<&str> = group.iter().map(|c| c.0).collect();
+            let sets: Vec<&[String]> = group.iter().map(|c| test_set(c.1)).collect();
+            let all: Vec<String> = sets.concat();
+            let items = stage(&mut timings, &format!("eval {}", names.join("+")), || {
+                let mut hook = intervention_hook(self.model, &dir, iv)?;
+                evaluate(
+                    &runner,
+                    &all,
+                    crate::runner::boxed(&mut hook),
+                    self.config.max_new_tokens,
+                    progress,
+                )
+            })?;
+            let mut items = items.into_iter();
+            for (name, set) in names.into_iter().zip(sets) {
+                let items: Vec<JudgedCompletion> = items.by_ref().take(set.len()).collect();
+                let tokens = items.iter().map(|c| c.tokens.clone()).collect();
+                let e = EvalState { items, tokens };
+                state.save(&format!("eval_{name}.json"), &e)?;
+                evals.insert(name, e);
+            }
         }
 
         let cost: CostReport = match state.load("cost.json")? {
@@ -755,62 +791,80 @@ impl RefusalRun<'_> {
             None => runner.last_logits(&harmless, None, &crate::runner::NoProgress)?,
         };
         progress.start("candidate directions", todo.len() as u64);
+        let set = ScoringSet {
+            harmful: &harmful,
+            harmless: &harmless,
+            base: &base,
+            inputs: inputs.as_ref(),
+        };
+        // One candidate at a time, each of its passes spread over the runner's lanes.
+        // (Whole candidates side by side, one per lane, measured no faster: 198 s
+        // against 194 s for the default run's candidate stage.)
         for (l, pi) in todo {
-            let r = cands.get(pi, l);
-            let np = crate::runner::NoProgress;
-            // Layer 0 at a post-instruction position sees the same token in every
-            // prompt, so r is exactly zero there: not a direction, scored NaN.
-            let norm: f64 = r
-                .iter()
-                .map(|&x| f64::from(x) * f64::from(x))
-                .sum::<f64>()
-                .sqrt();
-            // Also catches a NaN norm.
-            if norm.is_nan() || norm <= 1e-6 {
-                let c = CandidateScore {
-                    layer: l,
-                    position: cands.positions[pi],
-                    bypass: f64::NAN,
-                    induce: f64::NAN,
-                    kl: f64::NAN,
-                };
-                state.append_line("scores.jsonl", &c)?;
-                done.push(c);
-                progress.advance(1);
-                continue;
-            }
-            let mut abl = Ablation::new(r, self.model.device())?;
-            let bypass = mean(&runner.refusal_scores(&harmful, Some(&mut abl), &np)?);
-            let ablated = runner.last_logits(&harmless, Some(&mut abl), &np)?;
-            let kls: Vec<f64> = base
-                .iter()
-                .zip(&ablated)
-                .map(|(a, b)| kl_divergence(a, b))
-                .collect();
-            let mut add = ActivationAddition::new(
-                HookPoint::ResidPre(l),
-                r,
-                1.0,
-                Positions::All,
-                self.model.device(),
-            )?;
-            let induce = mean(&match &inputs {
-                Some(i) => runner.refusal_scores_from(i, l, Some(&mut add), &np)?,
-                None => runner.refusal_scores(&harmless, Some(&mut add), &np)?,
-            });
-            let c = CandidateScore {
-                layer: l,
-                position: cands.positions[pi],
-                bypass,
-                induce,
-                kl: mean(&kls),
-            };
+            let c = self.score_candidate(runner, &set, l, cands.positions[pi], cands.get(pi, l))?;
             state.append_line("scores.jsonl", &c)?;
             done.push(c);
             progress.advance(1);
         }
         progress.finish();
         Ok((sorted(done), inputs))
+    }
+
+    /// Bypass, induce and KL of one candidate direction `r` (layer `layer`, position
+    /// `position`). A zero direction (layer 0 at a post-instruction position sees the
+    /// same token in every prompt, so r is exactly zero there) is not a direction:
+    /// scored NaN.
+    fn score_candidate(
+        &self,
+        runner: &Runner<'_>,
+        set: &ScoringSet<'_>,
+        layer: usize,
+        position: i64,
+        r: &[f32],
+    ) -> Result<CandidateScore> {
+        let np = crate::runner::NoProgress;
+        let norm: f64 = r
+            .iter()
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum::<f64>()
+            .sqrt();
+        // Also catches a NaN norm.
+        if norm.is_nan() || norm <= 1e-6 {
+            return Ok(CandidateScore {
+                layer,
+                position,
+                bypass: f64::NAN,
+                induce: f64::NAN,
+                kl: f64::NAN,
+            });
+        }
+        let mut abl = Ablation::new(r, self.model.device())?;
+        let bypass = mean(&runner.refusal_scores(set.harmful, Some(&mut abl), &np)?);
+        let ablated = runner.last_logits(set.harmless, Some(&mut abl), &np)?;
+        let kls: Vec<f64> = set
+            .base
+            .iter()
+            .zip(&ablated)
+            .map(|(a, b)| kl_divergence(a, b))
+            .collect();
+        let mut add = ActivationAddition::new(
+            HookPoint::ResidPre(layer),
+            r,
+            1.0,
+            Positions::All,
+            self.model.device(),
+        )?;
+        let induce = mean(&match set.inputs {
+            Some(i) => runner.refusal_scores_from(i, layer, Some(&mut add), &np)?,
+            None => runner.refusal_scores(set.harmless, Some(&mut add), &np)?,
+        });
+        Ok(CandidateScore {
+            layer,
+            position,
+            bypass,
+            induce,
+            kl: mean(&kls),
+        })
     }
 
     fn cost(

@@ -18,6 +18,7 @@ use overseer_lm::{
     Session,
 };
 
+use crate::lanes::{balanced_runs, in_lanes, lane_batch};
 use crate::metric::{refusal_score, token_cross_entropy};
 use crate::{Error, Result};
 
@@ -197,15 +198,23 @@ impl Hook for LayerCapture {
     }
 }
 
-/// Row `k` of `logits` `(rows, vocab)` into `out[idx[k]]`.
-fn scatter_rows(logits: &Tensor, idx: &[usize], out: &mut [Vec<f32>]) -> Result<()> {
-    let v: Vec<Vec<f32>> = logits
+/// The rows of `logits` `(rows, vocab)` as f32 vectors.
+fn rows_f32(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(logits
         .to_dtype(overseer_lm::candle_core::DType::F32)?
-        .to_vec2()?;
-    for (k, row) in v.into_iter().enumerate() {
-        out[idx[k]] = row;
+        .to_vec2()?)
+}
+
+/// Per-batch results back in the caller's order: row `k` of batch `j` is item
+/// `idx[j][k]` of `n`.
+fn scatter<T: Default + Clone>(n: usize, idx: &[&[usize]], per_batch: Vec<Vec<T>>) -> Vec<T> {
+    let mut out = vec![T::default(); n];
+    for (b, rows) in idx.iter().zip(per_batch) {
+        for (&i, row) in b.iter().zip(rows) {
+            out[i] = row;
+        }
     }
-    Ok(())
+    out
 }
 
 /// A greedy completion.
@@ -232,6 +241,13 @@ pub struct Runner<'m> {
     /// Compute the tokens all prompts of a call share once and fork them into every
     /// batch (the default; `false` feeds every prompt whole, to measure the saving).
     pub share_prefix: bool,
+    /// Batches run side by side, each on one thread (see the `lanes` module): 1 runs
+    /// one batch at a time on the model's threads. With more, a call's prompts are cut
+    /// into a multiple of `lanes` batches so that no lane idles: generation in equal
+    /// rows (at most `gen_batch`), prompt passes in equal padded tokens (up to twice
+    /// `batch` rows of the shortest prompts). Calls whose hook cannot be copied
+    /// (captures, [`Runner::means`]) run one batch at a time.
+    pub lanes: usize,
 }
 
 impl<'m> Runner<'m> {
@@ -256,11 +272,47 @@ impl<'m> Runner<'m> {
         instructions.iter().map(|i| self.encode(i)).collect()
     }
 
-    /// Batches of indices into `prompts`, shortest prompts first.
-    fn batches(&self, prompts: &[Vec<u32>], batch: usize) -> Vec<Vec<usize>> {
+    /// Batches of indices into `prompts`, shortest prompts first, of at most `batch`,
+    /// spread evenly over `lanes` (see [`lane_batch`]): equal rows, for generation,
+    /// where the decode steps outweigh the prompt.
+    fn batches(&self, prompts: &[Vec<u32>], batch: usize, lanes: usize) -> Vec<Vec<usize>> {
         let mut idx: Vec<usize> = (0..prompts.len()).collect();
         idx.sort_by_key(|&i| prompts[i].len());
-        idx.chunks(batch.max(1)).map(<[usize]>::to_vec).collect()
+        let size = lane_batch(prompts.len(), batch, lanes);
+        idx.chunks(size).map(<[usize]>::to_vec).collect()
+    }
+
+    /// [`Runner::batches`] for a prompt pass, whose cost is its padded tokens: on more
+    /// than one lane, batches of about equal `rows × longest prompt` (see
+    /// [`balanced_runs`]) instead of equal rows, as many batches as `batch` rows each
+    /// would make. `skip` leading tokens of every prompt (the shared prefix) are
+    /// computed once, not per batch, so they do not count.
+    fn pass_batches(&self, prompts: &[Vec<u32>], batch: usize, skip: usize) -> Vec<Vec<usize>> {
+        if self.lanes < 2 {
+            return self.batches(prompts, batch, 1);
+        }
+        let mut idx: Vec<usize> = (0..prompts.len()).collect();
+        idx.sort_by_key(|&i| prompts[i].len());
+        let lens: Vec<usize> = idx
+            .iter()
+            .map(|&i| prompts[i].len().saturating_sub(skip))
+            .collect();
+        let count = prompts
+            .len()
+            .div_ceil(batch.max(1))
+            .next_multiple_of(self.lanes);
+        // Up to twice `batch` rows where the prompts are short: with the cap at `batch`,
+        // 32 prompts of 10..29 tokens in two batches of 16 left one lane idle for half
+        // the pass (0.63 against 1.24 s); balanced as 21 + 11 rows, the pass took 0.95 s
+        // instead of 1.33 s.
+        let mut at = 0;
+        balanced_runs(&lens, 2 * batch.max(1), count)
+            .into_iter()
+            .map(|n| {
+                at += n;
+                idx[at - n..at].to_vec()
+            })
+            .collect()
     }
 
     /// The prefix shared by `prompts`, fed once under `hook` when `hook_prefix` (an
@@ -299,23 +351,24 @@ impl<'m> Runner<'m> {
         mut hook: Option<&mut dyn Hook>,
         progress: &dyn Progress,
     ) -> Result<Vec<Vec<f32>>> {
-        let mut out = vec![Vec::new(); prompts.len()];
         let prefix = self.prefix(prompts, reborrow(&mut hook), true)?;
-        for b in self.batches(prompts, self.batch) {
+        let batches = self.pass_batches(prompts, self.batch, prefix.len);
+        let got = in_lanes(self.lanes, &batches, hook, |b, hook| {
             let rows: Vec<Vec<u32>> = b
                 .iter()
                 .map(|&i| prefix.tail(&prompts[i]).to_vec())
                 .collect();
             let mut s = prefix.session(self.model, rows.len(), 0)?;
             let o = ForwardOptions {
-                hooks: reborrow(&mut hook),
+                hooks: hook,
                 logits: Logits::Last,
             };
-            let logits = self.model.forward(&mut s, &rows, o)?;
-            scatter_rows(&logits, &b, &mut out)?;
+            let logits = rows_f32(&self.model.forward(&mut s, &rows, o)?)?;
             progress.advance(b.len() as u64);
-        }
-        Ok(out)
+            Ok(logits)
+        })?;
+        let idx: Vec<&[usize]> = batches.iter().map(Vec::as_slice).collect();
+        Ok(scatter(prompts.len(), &idx, got))
     }
 
     /// Run `prompts` through the unmodified model once, keeping every layer's input up
@@ -337,9 +390,9 @@ impl<'m> Runner<'m> {
             0 => None,
             len => Some((prompts[0][..len].to_vec(), cap.take()?)),
         };
-        let mut logits = vec![Vec::new(); prompts.len()];
-        let mut batches = Vec::new();
-        for b in self.batches(prompts, self.batch) {
+        let order = self.pass_batches(prompts, self.batch, prefix.len);
+        // Each batch has its own capture, so the batches can run side by side.
+        let got = in_lanes(self.lanes, &order, None, |b, _| {
             let rows: Vec<Vec<u32>> = b
                 .iter()
                 .map(|&i| prefix.tail(&prompts[i]).to_vec())
@@ -350,14 +403,17 @@ impl<'m> Runner<'m> {
                 hooks: Some(&mut cap),
                 logits: Logits::Last,
             };
-            let out = self.model.forward(&mut s, &rows, o)?;
-            scatter_rows(&out, &b, &mut logits)?;
-            batches.push(BatchInputs {
-                idx: b,
+            let out = rows_f32(&self.model.forward(&mut s, &rows, o)?)?;
+            let inputs = BatchInputs {
+                idx: b.clone(),
                 rows,
                 resid: cap.take()?,
-            });
-        }
+            };
+            Ok((inputs, out))
+        })?;
+        let (batches, per_batch): (Vec<BatchInputs>, Vec<Vec<Vec<f32>>>) = got.into_iter().unzip();
+        let idx: Vec<&[usize]> = batches.iter().map(|b| b.idx.as_slice()).collect();
+        let logits = scatter(prompts.len(), &idx, per_batch);
         Ok(LayerInputs {
             upto,
             prefix: prefix_out,
@@ -408,22 +464,22 @@ impl<'m> Runner<'m> {
                 session: None,
             },
         };
-        let mut out = vec![Vec::new(); inputs.logits.len()];
-        for batch in &inputs.batches {
+        let got = in_lanes(self.lanes, &inputs.batches, hook, |batch, hook| {
             let mut s = prefix.session(self.model, batch.rows.len(), 0)?;
             let from = Resume {
                 layer,
                 resid: batch.resid[layer].clone(),
             };
             let o = ForwardOptions {
-                hooks: reborrow(&mut hook),
+                hooks: hook,
                 logits: Logits::Last,
             };
-            let logits = self.model.forward_from(&mut s, &batch.rows, &from, o)?;
-            scatter_rows(&logits, &batch.idx, &mut out)?;
+            let logits = rows_f32(&self.model.forward_from(&mut s, &batch.rows, &from, o)?)?;
             progress.advance(batch.idx.len() as u64);
-        }
-        Ok(out)
+            Ok(logits)
+        })?;
+        let idx: Vec<&[usize]> = inputs.batches.iter().map(|b| b.idx.as_slice()).collect();
+        Ok(scatter(inputs.logits.len(), &idx, got))
     }
 
     /// [`Runner::refusal_scores`] started at `layer` (see [`Runner::last_logits_from`]).
@@ -471,7 +527,8 @@ impl<'m> Runner<'m> {
         let mut cap = MeanCapture::new(points, n);
         // The capture only reads: the prefix is computed without it.
         let prefix = self.prefix(prompts, None, false)?;
-        for b in self.batches(prompts, self.batch) {
+        // One capture sums every batch: one batch at a time.
+        for b in self.batches(prompts, self.batch, 1) {
             let rows: Vec<Vec<u32>> = b
                 .iter()
                 .map(|&i| prefix.tail(&prompts[i]).to_vec())
@@ -512,9 +569,9 @@ impl<'m> Runner<'m> {
         progress: &dyn Progress,
     ) -> Result<Vec<Completion>> {
         let tok = self.model.tokenizer();
-        let mut out: Vec<Option<Completion>> = vec![None; prompts.len()];
         let prefix = self.prefix(prompts, reborrow(&mut hook), true)?;
-        for b in self.batches(prompts, self.gen_batch) {
+        let batches = self.batches(prompts, self.gen_batch, self.lanes);
+        let got = in_lanes(self.lanes, &batches, hook, |b, mut hook| {
             let rows: Vec<Vec<u32>> = b
                 .iter()
                 .map(|&i| prefix.tail(&prompts[i]).to_vec())
@@ -562,16 +619,22 @@ impl<'m> Runner<'m> {
                 };
                 logits = self.model.forward(&mut s, &feed, o)?;
             }
-            for (k, toks) in generated.into_iter().enumerate() {
-                out[b[k]] = Some(Completion {
-                    text: tok.decode(&toks)?,
-                    tokens: toks,
-                    first_score: first_scores[k],
-                });
-            }
+            let done: Vec<Option<Completion>> = generated
+                .into_iter()
+                .zip(first_scores)
+                .map(|(toks, first_score)| {
+                    Ok(Some(Completion {
+                        text: tok.decode(&toks)?,
+                        tokens: toks,
+                        first_score,
+                    }))
+                })
+                .collect::<Result<_>>()?;
             progress.advance(b.len() as u64);
-        }
-        Ok(out
+            Ok(done)
+        })?;
+        let idx: Vec<&[usize]> = batches.iter().map(Vec::as_slice).collect();
+        Ok(scatter(prompts.len(), &idx, got)
             .into_iter()
             .map(|c| c.expect("every prompt is in one batch"))
             .collect())
@@ -597,7 +660,6 @@ impl<'m> Runner<'m> {
             .filter(|c| !c.is_empty())
             .map(Vec::len)
             .collect();
-        let (mut total, mut count) = (0.0f64, 0usize);
         // The prefix is shared by the prompts (so it never reaches a completion token).
         let kept: Vec<Vec<u32>> = prompts
             .iter()
@@ -610,7 +672,8 @@ impl<'m> Runner<'m> {
         // (rows x heads x seq x seq) in cache; 16 rows took 137 s for the default run's
         // cost stage, 4 rows 100 s, 2 rows 95 s (candle's attention; 4 rows with the
         // f16 kernel, as the lab runs, 95 s).
-        for b in self.batches(&full, (self.batch / 4).max(1)) {
+        let batches = self.pass_batches(&full, (self.batch / 4).max(1), prefix.len);
+        let got = in_lanes(self.lanes, &batches, hook, |b, hook| {
             let rows: Vec<Vec<u32>> = b.iter().map(|&i| prefix.tail(&full[i]).to_vec()).collect();
             let seq = rows.iter().map(Vec::len).max().unwrap_or(0);
             let mut s = prefix.session(self.model, rows.len(), 0)?;
@@ -618,7 +681,7 @@ impl<'m> Runner<'m> {
             // completion token, not on prompts and padding (full-vocabulary logits for
             // every position were the largest tensor of the pass).
             let o = ForwardOptions {
-                hooks: reborrow(&mut hook),
+                hooks: hook,
                 logits: Logits::None,
             };
             let hidden = self.model.forward(&mut s, &rows, o)?;
@@ -632,6 +695,7 @@ impl<'m> Runner<'m> {
             }
             let wanted = Tensor::cat(&wanted, 0)?;
             drop(hidden);
+            let (mut total, mut count) = (0.0f64, 0usize);
             let mut done = 0;
             while done < targets.len() {
                 let n = HEAD_POSITIONS.min(targets.len() - done);
@@ -647,7 +711,12 @@ impl<'m> Runner<'m> {
                 done += n;
             }
             progress.advance(b.len() as u64);
-        }
+            Ok((total, count))
+        })?;
+        // Summed in batch order, whatever lane finished first: the same total every run.
+        let (total, count) = got
+            .into_iter()
+            .fold((0.0f64, 0usize), |(t, c), (bt, bc)| (t + bt, c + bc));
         Ok(if count == 0 {
             f64::NAN
         } else {

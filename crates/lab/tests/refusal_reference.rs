@@ -53,6 +53,7 @@ fn runner(model: &Model) -> Runner<'_> {
         ),
         system_prompt: None,
         share_prefix: true,
+        lanes: 1,
     }
 }
 

@@ -28,6 +28,7 @@ fn runner_and_prompts(model: &Model) -> (Runner<'_>, Vec<Vec<u32>>) {
         refusal_ids: overseer_lab::refusal_token_ids(model.tokenizer().tokens(), &["I".into()]),
         system_prompt: None,
         share_prefix: true,
+        lanes: 1,
     };
     let prompts = r
         .encode_all(&[
@@ -197,5 +198,95 @@ fn cross_entropy_matches_its_definition() {
     assert!(
         (got - want).abs() < 0.02 * want.max(1.0),
         "cross-entropy {got} vs {want} by definition"
+    );
+}
+
+/// Two lanes (batches side by side, each on one thread with its own copy of the hook)
+/// give every prompt the results of one lane: logits, completions' first-token scores,
+/// the induce pass from captured inputs, and cross-entropy. A capture, which cannot be
+/// copied, still sees every prompt.
+#[test]
+fn lanes_give_each_prompt_the_results_of_one_lane() {
+    use overseer_lm::MeanCapture;
+    let model = model();
+    let (mut r, mut prompts) = runner_and_prompts(&model);
+    prompts.extend(
+        r.encode_all(&[
+            "List two prime numbers.".to_string(),
+            "Write a haiku about autumn leaves falling slowly.".to_string(),
+        ])
+        .expect("encode"),
+    );
+    let hidden = model.config().hidden;
+    let dir: Vec<f32> = (0..hidden).map(|i| ((i * 5 % 11) as f32) - 5.0).collect();
+    let mut hook = Ablation::new(&dir, model.device()).expect("direction");
+    let mut results = Vec::new();
+    let mut counts = Vec::new();
+    for lanes in [1, 2] {
+        r.lanes = lanes;
+        let logits = r
+            .last_logits(&prompts, Some(&mut hook), &NoProgress)
+            .expect("logits");
+        let completions = r
+            .generate(&prompts, 6, Some(&mut hook), &NoProgress)
+            .expect("generate");
+        let inputs = r.layer_inputs(&prompts, 10).expect("capture");
+        let mut add = ActivationAddition::new(
+            HookPoint::ResidPre(10),
+            &dir,
+            0.5,
+            Positions::All,
+            model.device(),
+        )
+        .expect("hook");
+        let induce = r
+            .refusal_scores_from(&inputs, 10, Some(&mut add), &NoProgress)
+            .expect("induce");
+        let comps: Vec<Vec<u32>> = completions.iter().map(|c| c.tokens.clone()).collect();
+        results.push((logits, completions, induce, comps));
+        // (It also sees the shared prefix's one-row call, fed under the hook.)
+        let mut cap = MeanCapture::new(vec![HookPoint::ResidPre(3)], 1);
+        r.last_logits(&prompts, Some(&mut cap), &NoProgress)
+            .expect("capture pass");
+        counts.push(cap.count());
+    }
+    assert!(counts[0] >= prompts.len(), "the capture saw every prompt");
+    assert_eq!(
+        counts[0], counts[1],
+        "two lanes: the capture saw what one lane's did"
+    );
+    let (one, two) = (&results[0], &results[1]);
+    for i in 0..prompts.len() {
+        let scale = one.0[i].iter().fold(1f32, |m, v| m.max(v.abs()));
+        let diff = one.0[i]
+            .iter()
+            .zip(&two.0[i])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff <= 0.06 * scale, "prompt {i}: logits differ by {diff}");
+        let d = (one.1[i].first_score - two.1[i].first_score).abs();
+        assert!(
+            d <= 2.0 * 0.06 * f64::from(scale),
+            "prompt {i}: first score differs by {d}"
+        );
+        let d = (one.2[i] - two.2[i]).abs();
+        assert!(
+            d <= 2.0 * 0.06 * f64::from(scale),
+            "prompt {i}: induce score differs by {d}"
+        );
+    }
+    // Cross-entropy of the same completions under the hook, one lane against two.
+    r.lanes = 1;
+    let ce_one = r
+        .cross_entropy(&prompts, &one.3, Some(&mut hook), &NoProgress)
+        .expect("ce");
+    r.lanes = 2;
+    let ce_two = r
+        .cross_entropy(&prompts, &one.3, Some(&mut hook), &NoProgress)
+        .expect("ce");
+    assert!(ce_one.is_finite() && ce_one > 0.0);
+    assert!(
+        (ce_one - ce_two).abs() < 0.02 * ce_one.max(1.0),
+        "cross-entropy {ce_one} (one lane) vs {ce_two} (two)"
     );
 }

@@ -83,6 +83,15 @@ pub trait Hook: Send {
     fn positionwise(&self) -> bool {
         false
     }
+
+    /// An independent copy of this hook for another forward pass that runs at the same
+    /// time on other rows (the lab runs independent batches side by side, one per
+    /// core), or `None` when the hook must see every row itself (a capture that
+    /// accumulates). A copy must behave on its rows exactly as the original would.
+    /// The default, `None`, keeps such callers to one pass at a time.
+    fn fork(&self) -> Option<Box<dyn Hook>> {
+        None
+    }
 }
 
 /// Several hooks applied in order.
@@ -108,6 +117,7 @@ pub struct RawCapture {
 }
 
 /// Adds `coef · vector` to the activation at `point` (activation addition / steering).
+#[derive(Clone)]
 pub struct ActivationAddition {
     pub point: HookPoint,
     pub vector: Tensor,
@@ -117,6 +127,7 @@ pub struct ActivationAddition {
 
 /// Projects a unit direction out of every `ResidPre`, `AttnOut` and `MlpOut`, at every
 /// position including generated tokens: `x ← x − (x·d̂) d̂` (directional ablation).
+#[derive(Clone)]
 pub struct Ablation {
     pub(crate) direction: Tensor,
 }
@@ -128,6 +139,11 @@ impl Hook for HookList {
 
     fn positionwise(&self) -> bool {
         self.0.iter().all(|h| h.positionwise())
+    }
+
+    fn fork(&self) -> Option<Box<dyn Hook>> {
+        let hooks: Option<Vec<Box<dyn Hook>>> = self.0.iter().map(|h| h.fork()).collect();
+        Some(Box::new(HookList(hooks?)))
     }
 
     fn call(
@@ -157,6 +173,10 @@ impl<H: Hook + ?Sized> Hook for &mut H {
 
     fn positionwise(&self) -> bool {
         (**self).positionwise()
+    }
+
+    fn fork(&self) -> Option<Box<dyn Hook>> {
+        (**self).fork()
     }
 
     fn call(
@@ -346,6 +366,10 @@ impl Hook for ActivationAddition {
         self.positions == Positions::All
     }
 
+    fn fork(&self) -> Option<Box<dyn Hook>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn call(
         &mut self,
         _point: HookPoint,
@@ -414,6 +438,10 @@ impl Hook for Ablation {
 
     fn positionwise(&self) -> bool {
         true
+    }
+
+    fn fork(&self) -> Option<Box<dyn Hook>> {
+        Some(Box::new(self.clone()))
     }
 
     fn call(

@@ -457,6 +457,11 @@ impl Model {
 
     /// Run `f` on the model's thread pool (if it has one) and roll the session back if
     /// it fails.
+    ///
+    /// A call made from a worker of some rayon pool runs in that pool instead: a caller
+    /// that runs independent passes side by side (the lab's lanes: one single-thread
+    /// pool per pass) keeps each pass on its own threads. Installing the model's pool
+    /// there would queue the passes onto the same workers again.
     fn guarded(
         &self,
         s: &mut Session,
@@ -464,8 +469,8 @@ impl Model {
     ) -> Result<Tensor> {
         let mark = s.mark();
         let r = match &self.pool {
-            Some(pool) => pool.install(|| f(s)),
-            None => f(s),
+            Some(pool) if rayon::current_thread_index().is_none() => pool.install(|| f(s)),
+            _ => f(s),
         };
         if r.is_err() {
             s.rollback(mark);

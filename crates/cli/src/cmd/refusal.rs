@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use overseer_lab as lab;
 use overseer_lm::{LoadOptions, Model};
 
-use crate::settings::{Global, QWEN_FILE};
+use crate::settings::{DeviceChoice, Global, QWEN_FILE};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
@@ -57,6 +57,10 @@ pub struct RunArgs {
     /// Prompts generated together in the evaluations (rows that finish leave the batch).
     #[arg(long, default_value_t = 64)]
     gen_batch: usize,
+    /// Prompt batches run side by side, one thread each [default: one lane per worker
+    /// thread on a CPU with at most 4 of them, else 1].
+    #[arg(long, env = "OVERSEER_LANES")]
+    lanes: Option<usize>,
     /// Feed every prompt whole instead of computing the chat template's shared prefix
     /// once per pass (same results; for measuring what the sharing saves).
     #[arg(long)]
@@ -136,6 +140,10 @@ pub struct EvalArgs {
     /// Prompts generated together (rows that finish leave the batch).
     #[arg(long, default_value_t = 64)]
     gen_batch: usize,
+    /// Prompt batches run side by side, one thread each [default: one lane per worker
+    /// thread on a CPU with at most 4 of them, else 1].
+    #[arg(long, env = "OVERSEER_LANES")]
+    lanes: Option<usize>,
     #[arg(long, value_delimiter = ',', default_value = "I,As,Sorry")]
     refusal_words: Vec<String>,
     /// Print JSON.
@@ -230,6 +238,45 @@ fn load_model(g: &Global, model: Option<&Path>) -> Result<(PathBuf, Model)> {
     Ok((path, m))
 }
 
+/// Most worker threads for which refusal commands run one lane per thread by default.
+/// Measured on 2 cores only (docs/BENCHMARKS.md, "Session 12"); with many cores one
+/// lane per core would also run candle's element-wise ops on one thread per pass.
+const MAX_AUTO_LANES: usize = 4;
+
+/// Side-by-side batches (`overseer_lab` lanes) for a refusal command: `--lanes`, else
+/// one per worker thread on a CPU with at most [`MAX_AUTO_LANES`] threads, else 1. A GPU
+/// runs one pass at a time.
+fn lanes(g: &Global, asked: Option<usize>) -> usize {
+    if !matches!(g.device, None | Some(DeviceChoice::Cpu)) {
+        return 1;
+    }
+    match asked {
+        Some(n) => n.max(1),
+        None if g.threads() <= MAX_AUTO_LANES => g.threads(),
+        None => 1,
+    }
+}
+
+/// Settings that must be made before any thread starts: with more than one lane,
+/// candle's element-wise ops run on the calling lane's thread (`CANDLE_NUM_THREADS=1`,
+/// unless the user set it). Its barrier pool serves one caller at a time, so lanes
+/// sharing it would queue on its lock.
+///
+/// # Safety
+/// Must be called while the process has a single thread (it sets an environment
+/// variable).
+pub unsafe fn prepare(g: &Global, c: &Command) {
+    let asked = match c {
+        Command::Run(a) => a.lanes,
+        Command::Eval(a) => a.lanes,
+        Command::Orthogonalize(_) | Command::ExportControlVector(_) => return,
+    };
+    if lanes(g, asked) > 1 && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: the caller guarantees no other thread exists.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
+}
+
 fn data_dir(explicit: Option<&Path>) -> PathBuf {
     if let Some(d) = explicit {
         return d.to_path_buf();
@@ -306,6 +353,7 @@ fn run_pipeline(g: &Global, a: RunArgs) -> Result<()> {
     cfg.batch = a.batch.max(1);
     cfg.gen_batch = a.gen_batch.max(1);
     cfg.share_prefix = !a.no_shared_prefix;
+    cfg.lanes = lanes(g, a.lanes);
     cfg.max_new_tokens = a.max_new_tokens;
     cfg.selection = lab::SelectionConfig {
         prune_layer_fraction: a.prune_layers,
@@ -388,6 +436,7 @@ fn eval(g: &Global, a: EvalArgs) -> Result<()> {
         refusal_ids: ids,
         system_prompt: None,
         share_prefix: true,
+        lanes: lanes(g, a.lanes),
     };
     let items = lab::evaluate(
         &runner,
