@@ -22,7 +22,8 @@ use crate::{Error, Result};
 pub struct LoadOptions {
     /// Worker threads for the forward pass: the matmul kernels and candle's own
     /// parallel ops run inside a pool of this many threads (`None`: rayon's global
-    /// pool, all cores).
+    /// pool, all cores). A forward call made from a worker of another rayon pool runs
+    /// in that pool instead (the lab's lanes run passes side by side that way).
     pub threads: Option<usize>,
     /// Where weights and activations live (CPU by default; CUDA with the `cuda` feature).
     pub device: Device,
