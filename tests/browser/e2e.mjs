@@ -1,8 +1,9 @@
 // End-to-end test of the overseer web UI in headless Debian Chromium (playwright-core,
 // never a downloaded browser build). Expects a running `overseer serve` (the Rust test
 // crates/cli/tests/serve_browser.rs starts one with a small corpus, SmolLM2 and a
-// fixture lab run) and checks: the chat page streams an answer token by token, a
-// citation chip opens a source card with a highlighted passage, search shows results,
+// fixture lab run) and checks: the chat page streams an answer sentence by sentence that
+// is not a paste of its sources, a citation chip opens a source card with a highlighted
+// passage, a question the corpus cannot answer gets an abstention, search shows results,
 // and the lab page shows a plot. Screenshots at desktop and phone widths go to OUTDIR.
 //
 // Usage: node e2e.mjs URL OUTDIR
@@ -52,6 +53,7 @@ try {
 
   const question = process.env.E2E_QUESTION || "What is reward hacking?";
   step(`ask: ${question}`);
+  const askResponse = page.waitForResponse((r) => r.url().endsWith("/api/ask"), { timeout: 300_000 });
   await page.fill("#question", question);
   await page.press("#question", "Enter");
 
@@ -72,7 +74,37 @@ try {
   const phase = await page.textContent(".msg.assistant .phase");
   step(`answer streamed in ${lengths.length} visible steps; status: ${phase.trim()}`);
   check(!/error/i.test(phase), `the answer failed: ${phase}`);
-  check(lengths.length >= 3, `tokens did not stream (saw ${lengths.length} distinct lengths)`);
+  // The final answer as the server sent it (the `done` event of the stream).
+  const sse = await (await askResponse).text();
+  const doneData = sse.split("event: done")[1]?.split("\n").find((l) => l.startsWith("data: "));
+  check(doneData, "the answer stream has no done event");
+  const done = JSON.parse(doneData.slice(6));
+  // Sentences stream as they are finished and cited; a labelled fallback or an
+  // abstention arrives whole.
+  const minSteps = done.fallback || done.abstained ? 1 : 2;
+  check(lengths.length >= minSteps, `the answer did not stream (saw ${lengths.length} distinct lengths)`);
+  // Not a paste: none of our source-header lines, and under a quarter of its words in
+  // runs of 12+ words copied from the cited passages (the fallback is quotes by design).
+  const shown = (await page.textContent(".msg.assistant .answer")).trim();
+  check(!/\[\d+\][^\n]*—[^\n]*\(\d{4}/.test(shown), `the answer pastes source headers: ${shown}`);
+  const words = (t) => t.replace(/\[[\d,\s]+\]/g, " ").toLowerCase().split(/[^\p{L}\p{N}]+/u).filter(Boolean);
+  const copyRatio = (answer, passages) => {
+    const a = words(answer);
+    const grams = new Set();
+    for (const p of passages) {
+      const w = words(p);
+      for (let i = 0; i + 12 <= w.length; i++) grams.add(w.slice(i, i + 12).join(" "));
+    }
+    const covered = new Array(a.length).fill(false);
+    for (let i = 0; i + 12 <= a.length; i++) {
+      if (grams.has(a.slice(i, i + 12).join(" "))) covered.fill(true, i, i + 12);
+    }
+    return a.length ? covered.filter(Boolean).length / a.length : 0;
+  };
+  const passages = (done.citations || []).flatMap((c) => [c.passage || "", ...(c.quotes || [])]);
+  const ratio = copyRatio(shown, passages);
+  step(`answer: ${shown.length} chars, copy ratio ${ratio.toFixed(2)}, fallback ${done.fallback}, abstained ${done.abstained}`);
+  if (!done.fallback) check(ratio <= 0.25, `the answer is a paste (copy ratio ${ratio.toFixed(2)}): ${shown}`);
 
   // Open a citation: a chip in the answer, else an entry of the sources list.
   let chip = await page.$(".msg.assistant .answer .cite:not(.missing)");
@@ -95,6 +127,20 @@ try {
   await page.click("#close-source");
   await page.screenshot({ path: join(outDir, "chat-phone-answer.png") });
   await page.setViewportSize(DESKTOP);
+
+  // ---- a near-field question the corpus cannot answer: an abstention ----
+  const nearField = "What did the Bletchley Declaration of the 2023 AI Safety Summit commit countries to?";
+  step(`ask: ${nearField}`);
+  await page.fill("#question", nearField);
+  await page.press("#question", "Enter");
+  await page.waitForFunction(() => {
+    const msgs = document.querySelectorAll(".msg.assistant");
+    const last = msgs[msgs.length - 1];
+    return msgs.length >= 2 && last.querySelector(".phase")?.textContent.includes("do not answer");
+  }, null, { timeout: 120_000 });
+  const abstention = await page.$$eval(".msg.assistant .answer", (a) => a[a.length - 1].textContent);
+  step(`near-field: ${abstention.slice(0, 120)}`);
+  check(/don't answer/.test(abstention), `the near-field question was answered: ${abstention}`);
 
   // ---- search ----
   step("search");

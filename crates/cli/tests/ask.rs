@@ -133,7 +133,14 @@ fn check_contract(v: &Value) {
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["abstained", "answer", "citations", "followups", "timings"]
+        [
+            "abstained",
+            "answer",
+            "citations",
+            "fallback",
+            "followups",
+            "timings"
+        ]
     );
     let answer = v["answer"].as_str().expect("answer is a string");
     let cited: Vec<u64> = v["citations"]
@@ -478,4 +485,69 @@ fn eval_answers_reports_grounding_figures() {
     assert_eq!(rows[0]["id"], "gh");
     assert_eq!(rows[0]["abstained"], false);
     assert!(rows[0]["relevance"].as_f64() > rows[1]["relevance"].as_f64());
+}
+
+/// `eval answers --from` scores stored answers of any pipeline with the same measures:
+/// a pasted source block is junk with a copy ratio near 1, an answer in other words
+/// is neither, and key points are counted.
+#[test]
+fn eval_answers_scores_stored_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = dir.path().join("q.jsonl");
+    std::fs::write(
+        &q,
+        concat!(
+            r#"{"id":"paste","kind":"answerable","question":"What is gradient hacking?","answerable":true,"relevant":[],"key_points":[["gradient"],["mesa"]]}"#, "\n",
+            r#"{"id":"own","kind":"answerable","question":"What is gradient hacking?","answerable":true,"relevant":[],"key_points":[["gradient"],["mesa"]]}"#, "\n",
+            r#"{"id":"nf","kind":"near-field","question":"What did the Bletchley Declaration say?","answerable":false,"relevant":[],"key_points":[]}"#, "\n",
+        ),
+    )
+    .expect("write questions");
+    let passage = "This post calls attention to the problem of gradient hacking, where a powerful \
+                   agent being trained by gradient descent could structure its computation in \
+                   such a way that it causes its gradients to update it in some particular way.";
+    let stored = [
+        serde_json::json!({"id": "paste", "abstained": false,
+            "answer": format!("[1] Gradient hacking — Evan Hubinger (2019-01-01)\n{passage}"),
+            "citations": [{"n": 1, "passage": passage}],
+            "timings": {"first_token_ms": 100.0, "total_ms": 900.0}}),
+        serde_json::json!({"id": "own", "abstained": false,
+            "answer": "A trained model could shape the signal that trains it, steering its own \
+                       gradient updates to keep goals that training would otherwise remove [1].",
+            "citations": [{"n": 1, "passage": passage}],
+            "timings": {"first_token_ms": 100.0, "total_ms": 800.0}}),
+        serde_json::json!({"id": "nf", "abstained": true, "answer": "My sources don't answer this.",
+            "citations": [], "timings": {"first_token_ms": 10.0, "total_ms": 10.0}}),
+    ];
+    let from = dir.path().join("answers.jsonl");
+    let lines: Vec<String> = stored.iter().map(ToString::to_string).collect();
+    std::fs::write(&from, lines.join("\n") + "\n").expect("write answers");
+    let out = bin()
+        .args(["eval", "answers", "--json", "--questions"])
+        .arg(&q)
+        .arg("--from")
+        .arg(&from)
+        .output()
+        .expect("run eval");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let rows = v["questions"].as_array().expect("rows");
+    assert!(
+        rows[0]["copy_ratio"].as_f64().is_some_and(|c| c > 0.8),
+        "{}",
+        rows[0]
+    );
+    assert_eq!(rows[0]["junk"], "source_headers");
+    assert_eq!(rows[1]["copy_ratio"], 0.0);
+    assert!(rows[1]["junk"].is_null());
+    assert_eq!(rows[1]["key_point_recall"], 0.5);
+    assert_eq!(rows[1]["cites"], true);
+    let s = &v["summary"];
+    assert_eq!(s["junk"], 1);
+    assert_eq!(s["abstention_near_field"], 1.0);
+    assert_eq!(s["false_abstention"], 0.0);
 }

@@ -224,7 +224,37 @@ fn serve_answers_search_ask_and_guards_admin() {
         .collect();
     assert_eq!(events.first(), Some(&"retrieval"), "{body}");
     assert_eq!(events.last(), Some(&"done"), "{body}");
-    assert!(events.contains(&"token"), "{body}");
+    assert!(
+        events.contains(&"token") || events.contains(&"replace"),
+        "{body}"
+    );
+    // The API and the CLI run one pipeline on one backend: the same answer.
+    let done = body
+        .split("event: done")
+        .nth(1)
+        .and_then(|rest| rest.lines().find_map(|l| l.strip_prefix("data: ")))
+        .expect("done event data");
+    let api = json(done);
+    let out = Command::new(env!("CARGO_BIN_EXE_overseer"))
+        .args(["ask", "--json", "--mode", "concise", "--threads", "2"])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--model")
+        .arg(models().join("SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .arg("What is reward hacking?")
+        .env_remove("OVERSEER_LLM_URL")
+        .output()
+        .expect("run overseer ask");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: Value = serde_json::from_slice(&out.stdout).expect("ask --json");
+    assert_eq!(api["answer"], cli["answer"], "API {api}\nCLI {cli}");
+    assert_eq!(api["citations"], cli["citations"]);
+    assert_eq!(api["abstained"], cli["abstained"]);
+    assert_eq!(api["fallback"], cli["fallback"]);
 
     // OpenAI-compatible chat on the local model.
     let (st, _, body) = http(a, "POST", "/v1/chat/completions", Some(r#"{"messages":[{"role":"user","content":"Say hello."}],"max_tokens":8,"temperature":0}"#), &[]).expect("chat");

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::hooks::Hook;
 use crate::model::{ForwardOptions, Logits, Model};
+use crate::ngram::NgramBlock;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::session::Session;
 use crate::template::Message;
@@ -25,6 +26,8 @@ pub struct GenerateOptions {
     /// Generation ends when the text contains one of these; the stop string itself is
     /// not part of the result.
     pub stop: Vec<String>,
+    /// N-grams decoding must not produce (copies of a reference, self-repeats).
+    pub block: NgramBlock,
 }
 
 impl Default for GenerateOptions {
@@ -33,6 +36,7 @@ impl Default for GenerateOptions {
             max_tokens: 256,
             sampling: SamplingParams::greedy(),
             stop: Vec::new(),
+            block: NgramBlock::default(),
         }
     }
 }
@@ -154,6 +158,37 @@ impl TextState {
     }
 }
 
+/// Most candidates refused in one step for continuing a copy or a loop; after that the
+/// next candidate is taken as is (a model that only wants to copy is not forced into
+/// noise).
+const MAX_REFUSALS: usize = 32;
+
+/// Sample the next token, refusing candidates that would continue a copied or
+/// repeated run of words (see [`NgramBlock::refuses`]).
+fn pick(
+    model: &Model,
+    sampler: &mut Sampler,
+    logits: &mut [f32],
+    block: &NgramBlock,
+    text: &str,
+) -> Result<u32> {
+    let tok = model.tokenizer();
+    for _ in 0..MAX_REFUSALS {
+        let id = sampler.sample(logits);
+        if tok.is_eog(id) {
+            return Ok(id);
+        }
+        let piece = String::from_utf8_lossy(tok.token_bytes(id)?);
+        if !block.refuses(text, &piece) {
+            return Ok(id);
+        }
+        if let Some(l) = logits.get_mut(id as usize) {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+    Ok(sampler.sample(logits))
+}
+
 /// Lend the hook to one forward call (shortening the trait object's lifetime).
 fn reborrow<'s>(h: &'s mut Option<&mut dyn Hook>) -> Option<&'s mut dyn Hook> {
     match h {
@@ -244,7 +279,7 @@ pub fn generate(
         if tokens.len() >= o.max_tokens {
             break StopReason::MaxTokens;
         }
-        let id = sampler.sample(&logits);
+        let id = pick(model, &mut sampler, &mut logits, &o.block, &state.text)?;
         if model.tokenizer().is_eog(id) {
             break StopReason::Eos;
         }
@@ -346,7 +381,13 @@ pub fn generate_batch(
                 done[r] = Some(StopReason::MaxTokens);
                 continue;
             }
-            let id = samplers[r].sample(&logits[r]);
+            let id = pick(
+                model,
+                &mut samplers[r],
+                &mut logits[r],
+                &o.block,
+                &states[r].text,
+            )?;
             if model.tokenizer().is_eog(id) {
                 done[r] = Some(StopReason::Eos);
                 continue;

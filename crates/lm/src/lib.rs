@@ -13,6 +13,7 @@ mod gguf;
 mod hooks;
 mod linear;
 mod model;
+mod ngram;
 mod sampling;
 mod session;
 // Tokenizer and chat template (owned by the tokenizer engineer).
@@ -29,6 +30,7 @@ pub use hooks::{
 };
 pub use linear::{QLinear, amx_available};
 pub use model::{ForwardOptions, LoadOptions, Logits, Model, PREFILL_CHUNK, Resume};
+pub use ngram::NgramBlock;
 pub use sampling::{Sampler, SamplingParams};
 pub use session::Session;
 pub use template::{CHATML_TEMPLATE, ChatTemplate, Message, Role};

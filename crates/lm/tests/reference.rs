@@ -174,6 +174,7 @@ fn greedy_path(model: &Model, ids: &[u32], n_gen: usize, what: &str) -> Vec<u32>
         max_tokens: n_gen,
         sampling: SamplingParams::greedy(),
         stop: Vec::new(),
+        ..GenerateOptions::default()
     };
     let mut s = model.session(1);
     let g = generate(model, &mut s, ids, &opts, None, &mut |_| {

@@ -727,6 +727,7 @@ fn stop_strings_max_tokens_cancel_and_seeds() {
             seed: 7,
         },
         stop: vec![],
+        ..GenerateOptions::default()
     };
     let run = |o: &GenerateOptions| {
         let mut s = m.session(1);

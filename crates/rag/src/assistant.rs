@@ -1,7 +1,14 @@
 //! The question-answering pipeline:
-//! question → (follow-up rewrite) → retrieval → relevance gate (abstain) → context
-//! within the token budget → streamed generation → citation cleaning → grounding
-//! check → suggested follow-ups. Every stage is timed.
+//! question → (follow-up rewrite) → retrieval → relevance gate → answerability (the
+//! question's specific terms must occur in what was retrieved) → evidence sentences →
+//! generation in the model's own words (copies of the evidence and loops blocked at
+//! decode time) → per-sentence citations from grounding (a sentence no evidence
+//! supports is dropped) → quality checks, with a labelled extractive fallback →
+//! follow-ups the evidence answers. Every stage is timed.
+//!
+//! Sentences reach the caller as they are finished and cited, so what streams is what
+//! the final answer says; only a fallback or a late abstention replaces it
+//! ([`AskEvent::Replace`]).
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -10,12 +17,15 @@ use std::time::{Duration, Instant};
 use overseer_index::Embedder;
 use serde::Serialize;
 
+use crate::answerable;
 use crate::backend::{Backend, GenParams};
-use crate::grounding::{self, GroundingConfig, SentenceSupport};
-use crate::prompt::{self, ABSTAIN_ANSWER, Mode};
+use crate::evidence::{self, Evidence, EvidenceConfig};
+use crate::grounding::{GroundingConfig, SentenceSupport};
+use crate::prompt::{self, ABSTAIN_ANSWER, FALLBACK_LABEL, Mode};
+use crate::quality::{self, Junk};
 use crate::retrieve::{Query, Retriever, Source};
-use crate::text::{content_words, lexical_overlap, truncate_bytes};
-use crate::{Error, Result, citations, context};
+use crate::text::{content_words, lexical_overlap, sentences, truncate_bytes};
+use crate::{Error, Result, citations};
 
 /// The longest question accepted, in characters.
 pub const MAX_QUESTION_CHARS: usize = 4000;
@@ -29,11 +39,19 @@ pub struct AssistantConfig {
     /// Without an embedder: abstain when no source holds this share of the question's
     /// content words.
     pub min_lexical_relevance: f32,
-    /// Grounding thresholds.
+    /// When a sentence counts as supported by a piece of evidence.
     pub grounding: GroundingConfig,
-    /// Most tokens spent on sources (on top of the model's window limit): bounds
-    /// prompt processing time on CPU.
+    /// Which evidence sentences the model sees.
+    pub evidence: EvidenceConfig,
+    /// Most tokens spent on evidence (on top of the model's window limit).
     pub max_context_tokens: usize,
+    /// Length in words of a run copied from the evidence that decoding blocks (0: off).
+    pub copy_ngram: usize,
+    /// Length in tokens of a repeat of the answer's own words that decoding blocks
+    /// (0: off).
+    pub repeat_ngram: usize,
+    /// An answer with a larger copy ratio gives way to the extractive fallback.
+    pub max_copy_ratio: f64,
     /// Sampling temperature (0 = greedy) and seed.
     pub temperature: f32,
     pub seed: u64,
@@ -49,7 +67,11 @@ impl Default for AssistantConfig {
             min_relevance: 0.35,
             min_lexical_relevance: 0.5,
             grounding: GroundingConfig::default(),
+            evidence: EvidenceConfig::default(),
             max_context_tokens: 1200,
+            copy_ngram: 8,
+            repeat_ngram: 5,
+            max_copy_ratio: 0.5,
             temperature: 0.0,
             seed: 42,
             history_turns: 2,
@@ -66,7 +88,7 @@ pub struct AskRequest {
     /// may be a follow-up and is rewritten into a standalone one for retrieval.
     pub history: Vec<(String, String)>,
     pub mode: Mode,
-    /// Sources to give the model at most (default 5).
+    /// Documents to draw evidence from at most (default 5).
     pub k: usize,
     /// Restrict retrieval to one source/corpus name.
     pub source: Option<String>,
@@ -74,18 +96,21 @@ pub struct AskRequest {
     pub followups: bool,
 }
 
-/// Progress of an answer, in order: `Rewritten`?, `Retrieved`, `Token`*, `Citations`,
-/// `Followups`, `Done`.
+/// Progress of an answer, in order: `Rewritten`?, `Retrieved`, `Token`*, `Replace`?,
+/// `Citations`, `Followups`, `Done`.
 #[derive(Debug, Clone)]
 pub enum AskEvent {
     /// The follow-up was rewritten into this standalone question.
     Rewritten(String),
-    /// The numbered sources given to the model.
+    /// The numbered sources the evidence comes from (`hits[i]` is `[i + 1]`).
     Retrieved {
         hits: Vec<Source>,
     },
-    /// A piece of the answer as generated (citations not yet cleaned).
+    /// A piece of the answer: finished, cited sentences.
     Token(String),
+    /// Everything streamed so far is replaced by this text (the extractive fallback,
+    /// or an abstention decided after generation).
+    Replace(String),
     /// The sources the final answer cites.
     Citations(Vec<Citation>),
     Followups(Vec<String>),
@@ -102,12 +127,15 @@ pub struct Citation {
     pub authors: Vec<String>,
     pub date: Option<String>,
     pub url: String,
-    /// The passage the model saw.
+    /// The retrieved passage the evidence was taken from.
     pub passage: String,
     /// Char offsets of the passage in the document text.
     pub passage_start: usize,
     pub passage_end: usize,
-    /// Whether some sentence citing `n` is supported by this passage.
+    /// The sentences of the passage the model was shown.
+    pub quotes: Vec<String>,
+    /// Whether some sentence of the answer is supported by this source (always true
+    /// for generated answers: citations come from grounding).
     pub supported: bool,
 }
 
@@ -116,14 +144,15 @@ pub struct Citation {
 pub struct Timings {
     pub rewrite_ms: f64,
     pub retrieval_ms: f64,
-    /// Relevance gate (embedding question and sources).
+    /// Relevance gate and evidence selection (embedding question and sentences).
     pub relevance_ms: f64,
-    /// Prompt processing: from the generation call to its first token.
+    /// Prompt processing: from the generation call to the model's first token.
     pub prompt_ms: f64,
     /// Token generation after the first token.
     pub generation_ms: f64,
-    /// From the start of `ask` to the first answer token.
+    /// From the start of `ask` to the first answer text the reader gets.
     pub first_token_ms: f64,
+    /// Citing sentences (embedding each against the evidence).
     pub grounding_ms: f64,
     pub followups_ms: f64,
     pub total_ms: f64,
@@ -132,14 +161,17 @@ pub struct Timings {
 }
 
 /// A finished answer. Serialises to the `overseer ask --json` shape:
-/// `{answer, abstained, citations, followups, timings}`; the other fields are for
-/// Rust callers (the evaluation, the terminal renderer).
+/// `{answer, abstained, fallback, citations, followups, timings}`; the other fields
+/// are for Rust callers (the evaluation, the terminal renderer).
 #[derive(Debug, Clone, Serialize)]
 pub struct Answer {
-    /// The answer with citation numbers that name no source removed.
+    /// The answer: cited sentences (`[n]`), the extractive fallback, or an abstention.
     pub answer: String,
-    /// True when the sources did not answer the question (gate or model refusal).
+    /// True when the sources did not answer the question.
     pub abstained: bool,
+    /// True when the answer is the labelled extractive fallback (quotes from the
+    /// evidence) because the generated one failed the checks.
+    pub fallback: bool,
     /// The cited sources, by number.
     pub citations: Vec<Citation>,
     pub followups: Vec<String>,
@@ -147,9 +179,12 @@ pub struct Answer {
     /// The question used for retrieval (rewritten for follow-ups).
     #[serde(skip)]
     pub standalone_question: String,
-    /// All numbered sources the model saw.
+    /// All numbered sources the evidence came from.
     #[serde(skip)]
     pub sources: Vec<Source>,
+    /// The evidence the model saw, by number.
+    #[serde(skip)]
+    pub evidence: Vec<Evidence>,
     /// The best relevance of any source to the question (cosine, or lexical overlap
     /// without an embedder).
     #[serde(skip)]
@@ -157,21 +192,51 @@ pub struct Answer {
     /// Whether `relevance` is a cosine similarity (else lexical overlap).
     #[serde(skip)]
     pub relevance_is_cosine: bool,
+    /// Specific terms of the question that nothing retrieved mentions.
+    #[serde(skip)]
+    pub missing_terms: Vec<String>,
     /// The answer as generated.
     #[serde(skip)]
     pub raw_answer: String,
-    /// Citation numbers the model used that name no source.
+    /// Why the generated answer was rejected, when it was.
     #[serde(skip)]
-    pub invalid_citations: Vec<u32>,
-    /// All citation numbers in the raw answer (with repeats).
+    pub rejected: Option<Rejection>,
+    /// Generated sentences dropped because no evidence supports them.
     #[serde(skip)]
-    pub citation_marks: usize,
-    /// Citation numbers in the raw answer that name no source (with repeats).
-    #[serde(skip)]
-    pub invalid_citation_marks: usize,
-    /// Grounding verdicts for cited sentences.
+    pub dropped_sentences: Vec<String>,
+    /// Grounding verdicts of the kept sentences.
     #[serde(skip)]
     pub sentences: Vec<SentenceSupport>,
+}
+
+/// What retrieval found for a question, before any generation ([`Assistant::find`]).
+#[derive(Debug, Clone)]
+pub struct Findings {
+    /// The evidence the model would see, by number; empty when the assistant abstains.
+    pub evidence: Vec<Evidence>,
+    /// The best relevance of a top document's passage to the question.
+    pub relevance: f32,
+    /// Whether `relevance` is a cosine similarity (else lexical overlap).
+    pub relevance_is_cosine: bool,
+    /// Specific terms of the question nothing retrieved mentions.
+    pub missing_terms: Vec<String>,
+    /// The best passage of each top document (what an abstention names instead).
+    pub nearby: Vec<Source>,
+    pub retrieval_ms: f64,
+    /// Relevance gate, answerability and evidence selection.
+    pub gate_ms: f64,
+}
+
+/// Why a generated answer gave way to the extractive fallback.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rejection {
+    /// Junk: source headers, a loop, or too short.
+    Junk(Junk),
+    /// Too much of it copied verbatim from the evidence.
+    Copied,
+    /// No sentence of it is supported by the evidence.
+    Unsupported,
 }
 
 /// Answers questions from a retriever with a backend.
@@ -186,9 +251,219 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The abstention text: what is missing, and what the sources cover instead.
+fn abstain_text(missing: &[String], sources: &[Source]) -> String {
+    let mut out = ABSTAIN_ANSWER.to_string();
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|m| format!("“{m}”")).collect();
+        out.push_str(&format!(
+            " Nothing I retrieved mentions {}.",
+            list.join(" or ")
+        ));
+    }
+    let mut titles: Vec<&str> = Vec::new();
+    for s in sources {
+        let t = s.title.trim();
+        if !t.is_empty() && !titles.contains(&t) {
+            titles.push(t);
+        }
+        if titles.len() == 3 {
+            break;
+        }
+    }
+    if !titles.is_empty() {
+        let list: Vec<String> = titles.iter().map(|t| format!("“{t}”")).collect();
+        out.push_str(&format!(
+            " The closest documents I have are {}.",
+            list.join(", ")
+        ));
+    }
+    out
+}
+
+/// Insert a citation group before a sentence's closing punctuation.
+fn with_citation(sentence: &str, cites: &[u32]) -> String {
+    if cites.is_empty() {
+        return sentence.to_string();
+    }
+    let marks = format!(
+        "[{}]",
+        cites
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let body = sentence.trim_end();
+    let cut = body.trim_end_matches(['.', '!', '?', ':', ';']).len();
+    let (head, punct) = body.split_at(cut);
+    format!("{} {marks}{punct}", head.trim_end())
+}
+
+/// Builds the answer sentence by sentence as text streams in.
+struct Writer<'a> {
+    evidence: &'a [Evidence],
+    evidence_words: Vec<std::collections::HashSet<String>>,
+    embedder: Option<&'a dyn Embedder>,
+    cfg: &'a GroundingConfig,
+    /// Raw text not yet split off as a finished sentence.
+    pending: String,
+    /// The answer so far, as the reader got it.
+    out: String,
+    kept: Vec<SentenceSupport>,
+    dropped: Vec<String>,
+    /// Time spent citing.
+    grounding: Duration,
+}
+
+impl<'a> Writer<'a> {
+    fn new(
+        evidence: &'a [Evidence],
+        embedder: Option<&'a dyn Embedder>,
+        cfg: &'a GroundingConfig,
+    ) -> Self {
+        Self {
+            evidence,
+            evidence_words: evidence.iter().map(|e| content_words(&e.text())).collect(),
+            embedder,
+            cfg,
+            pending: String::new(),
+            out: String::new(),
+            kept: Vec::new(),
+            dropped: Vec::new(),
+            grounding: Duration::ZERO,
+        }
+    }
+
+    /// Add generated text; returns the text that became final.
+    fn push(&mut self, piece: &str) -> Result<String> {
+        self.pending.push_str(piece);
+        let mut emitted = String::new();
+        loop {
+            let ss = sentences(&self.pending);
+            if ss.len() < 2 {
+                break;
+            }
+            let (start, end) = (ss[0].start, ss[0].end);
+            let next = ss[1].start;
+            let gap = self.pending[end..next].to_string();
+            let sentence = self.pending[start..end].to_string();
+            self.pending.drain(..next);
+            emitted.push_str(&self.finish_sentence(&sentence, &gap)?);
+        }
+        Ok(emitted)
+    }
+
+    /// The end of generation: the rest is the last sentence.
+    fn finish(&mut self) -> Result<String> {
+        let rest = std::mem::take(&mut self.pending);
+        let rest = rest.trim();
+        if rest.is_empty() {
+            return Ok(String::new());
+        }
+        self.finish_sentence(rest, "")
+    }
+
+    /// Cite one sentence from the evidence, or drop it. `gap` is the whitespace that
+    /// followed it (a paragraph break is kept).
+    fn finish_sentence(&mut self, sentence: &str, gap: &str) -> Result<String> {
+        let t = Instant::now();
+        let claim = quality::strip_citations(sentence)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let claim = claim.replace(" .", ".").replace(" ,", ",");
+        if claim.split_whitespace().count() < 3 {
+            return Ok(String::new());
+        }
+        let words = content_words(&claim);
+        let vec = match self.embedder {
+            Some(e) => e.embed(&[claim.as_str()])?.pop(),
+            None => None,
+        };
+        let mut scored: Vec<(u32, Option<f32>, f32, bool)> = Vec::new();
+        for (i, e) in self.evidence.iter().enumerate() {
+            let overlap = lexical_overlap(&words, &self.evidence_words[i]);
+            let sim = vec
+                .as_ref()
+                .map(|v| e.vectors.iter().map(|u| dot(v, u)).fold(f32::MIN, f32::max));
+            let ok = overlap >= self.cfg.min_overlap
+                || sim.is_some_and(|s| s >= self.cfg.min_similarity);
+            scored.push(((i + 1) as u32, sim, overlap, ok));
+        }
+        self.grounding += t.elapsed();
+        let mut support: Vec<&(u32, Option<f32>, f32, bool)> =
+            scored.iter().filter(|s| s.3).collect();
+        support.sort_by(|a, b| {
+            let ka = a.1.unwrap_or(a.2);
+            let kb = b.1.unwrap_or(b.2);
+            kb.total_cmp(&ka)
+        });
+        if support.is_empty() {
+            self.dropped.push(claim);
+            return Ok(String::new());
+        }
+        let mut cites: Vec<u32> = support.iter().take(2).map(|s| s.0).collect();
+        cites.sort_unstable();
+        let text = with_citation(&claim, &cites);
+        let sep = if self.out.is_empty() || self.out.ends_with('\n') {
+            ""
+        } else {
+            " "
+        };
+        let start = self.out.len() + sep.len();
+        let piece = format!("{sep}{text}");
+        self.out.push_str(&piece);
+        self.kept.push(SentenceSupport {
+            start,
+            end: start + text.len(),
+            text: text.clone(),
+            cites: cites.clone(),
+            scores: scored
+                .into_iter()
+                .filter(|s| cites.contains(&s.0))
+                .collect(),
+            supported: true,
+        });
+        let mut emitted = piece;
+        if gap.contains("\n\n") {
+            self.out.push_str("\n\n");
+            emitted.push_str("\n\n");
+        }
+        Ok(emitted)
+    }
+}
+
+/// The extractive fallback: the best evidence sentences, quoted and cited.
+fn extractive(evidence: &[Evidence]) -> String {
+    let mut best: Vec<(f32, usize, &str)> = Vec::new();
+    for (i, e) in evidence.iter().enumerate() {
+        for (s, score) in e.sentences.iter().zip(&e.scores) {
+            best.push((*score, i, s));
+        }
+    }
+    best.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut out = String::from(FALLBACK_LABEL);
+    let mut per = vec![0; evidence.len()];
+    let mut n = 0;
+    for (_, i, s) in best {
+        if per[i] >= 2 || n >= 3 {
+            continue;
+        }
+        per[i] += 1;
+        n += 1;
+        out.push_str(&format!(" “{}” [{}]", s.trim(), i + 1));
+    }
+    out
+}
+
 impl Assistant {
-    /// An assistant. `embedder` (the index's) powers the relevance gate and the
-    /// semantic grounding check; without it both fall back to lexical overlap.
+    /// An assistant. `embedder` (the index's) powers the relevance gate, evidence
+    /// selection and citation; without it all three fall back to lexical overlap.
     pub fn new(
         retriever: Arc<dyn Retriever>,
         backend: Arc<dyn Backend>,
@@ -249,13 +524,9 @@ impl Assistant {
         let mut standalone = question.to_string();
         if !history.is_empty() {
             let t = Instant::now();
-            let params = GenParams {
-                max_tokens: 64,
-                ..self.params(64)
-            };
             let reply = self.backend.chat(
                 &prompt::rewrite_messages(question, &history),
-                &params,
+                &self.params(64),
                 &mut |_| ControlFlow::Continue(()),
             )?;
             standalone = match prompt::parse_rewrite(&reply.text) {
@@ -268,110 +539,142 @@ impl Assistant {
             events(AskEvent::Rewritten(standalone.clone()));
         }
 
-        // 2. Retrieval: more candidates than needed, deduplicated by document later.
-        let t = Instant::now();
-        let hits = self.retriever.retrieve(&Query {
-            text: &standalone,
-            k: k * 3,
-            source: req.source.as_deref(),
-        })?;
-        timings.retrieval_ms = ms(t.elapsed());
-
-        // 3. Context within the budget.
-        let max_tokens = self
-            .config
-            .max_answer_tokens
-            .unwrap_or(req.mode.max_tokens());
-        let overhead = self
-            .backend
-            .count_tokens(&prompt::overhead_text(question, req.mode, &history));
-        let window = self.backend.context_window();
-        let needed = overhead + max_tokens + 16;
-        if needed >= window {
-            return Err(Error::ContextTooSmall { window, needed });
-        }
-        let budget = (window - needed).min(self.config.max_context_tokens);
-        let backend = &self.backend;
-        let sources = context::assemble(&hits, budget, k, &|s| backend.count_tokens(s));
-        events(AskEvent::Retrieved {
-            hits: sources.clone(),
-        });
-
-        // 4. Relevance gate.
-        let t = Instant::now();
-        let (relevance, is_cosine) = self.relevance(&standalone, &sources)?;
-        timings.relevance_ms = ms(t.elapsed());
-        let threshold = if is_cosine {
-            self.config.min_relevance
-        } else {
-            self.config.min_lexical_relevance
-        };
+        // 2–4. Retrieval, relevance gate, answerability and evidence.
+        let found = self.find(&standalone, k, req.source.as_deref())?;
+        timings.retrieval_ms = found.retrieval_ms;
+        timings.relevance_ms = found.gate_ms;
         let mut answer = Answer {
             answer: String::new(),
             abstained: false,
+            fallback: false,
             citations: Vec::new(),
             followups: Vec::new(),
             timings: Timings::default(),
             standalone_question: standalone.clone(),
-            sources: sources.clone(),
-            relevance,
-            relevance_is_cosine: is_cosine,
+            sources: found.evidence.iter().map(|e| e.source.clone()).collect(),
+            evidence: found.evidence,
+            relevance: found.relevance,
+            relevance_is_cosine: found.relevance_is_cosine,
+            missing_terms: found.missing_terms,
             raw_answer: String::new(),
-            invalid_citations: Vec::new(),
-            citation_marks: 0,
-            invalid_citation_marks: 0,
+            rejected: None,
+            dropped_sentences: Vec::new(),
             sentences: Vec::new(),
         };
-        if sources.is_empty() || relevance < threshold {
-            tracing::info!("abstaining: best relevance {relevance:.3} < {threshold}");
-            answer.answer = ABSTAIN_ANSWER.to_string();
-            answer.raw_answer = ABSTAIN_ANSWER.to_string();
-            answer.abstained = true;
-            timings.first_token_ms = ms(t0.elapsed());
-            events(AskEvent::Token(ABSTAIN_ANSWER.to_string()));
-            events(AskEvent::Citations(Vec::new()));
-            events(AskEvent::Followups(Vec::new()));
-            timings.total_ms = ms(t0.elapsed());
-            answer.timings = timings;
-            events(AskEvent::Done);
-            return Ok(answer);
+        events(AskEvent::Retrieved {
+            hits: answer.sources.clone(),
+        });
+        if answer.evidence.is_empty() {
+            tracing::info!(
+                "abstaining: relevance {:.3}, missing {:?}",
+                answer.relevance,
+                answer.missing_terms
+            );
+            let text = abstain_text(&answer.missing_terms, &found.nearby);
+            return Ok(self.finish_abstained(answer, text, timings, t0, events));
         }
 
-        // 5. Generation, streamed.
-        let messages = prompt::answer_messages(question, &sources, req.mode, &history);
+        // 5. Generation, cited sentence by sentence as it streams.
+        let max_tokens = self
+            .config
+            .max_answer_tokens
+            .unwrap_or(req.mode.max_tokens());
+        let messages = prompt::answer_messages(question, &answer.evidence, req.mode, &history);
+        let mut params = self.params(max_tokens);
+        params.copy_ngram = self.config.copy_ngram;
+        params.repeat_ngram = self.config.repeat_ngram;
+        params.avoid_copying = answer
+            .evidence
+            .iter()
+            .flat_map(|e| e.sentences.iter().cloned())
+            .collect();
         let gen_start = Instant::now();
-        let completion = self
-            .backend
-            .chat(&messages, &self.params(max_tokens), &mut |piece| {
-                events(AskEvent::Token(piece.to_string()));
-                ControlFlow::Continue(())
-            })?;
+        let mut writer = Writer::new(
+            &answer.evidence,
+            self.embedder.as_deref(),
+            &self.config.grounding,
+        );
+        let mut first_emit: Option<Duration> = None;
+        let mut failure: Option<Error> = None;
+        let completion = self.backend.chat(&messages, &params, &mut |piece| {
+            match writer.push(piece) {
+                Ok(text) if !text.is_empty() => {
+                    first_emit.get_or_insert_with(|| t0.elapsed());
+                    events(AskEvent::Token(text));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failure = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let last = writer.finish()?;
+        if !last.is_empty() {
+            first_emit.get_or_insert_with(|| t0.elapsed());
+            events(AskEvent::Token(last));
+        }
         let first = completion.first_token.unwrap_or(completion.total);
         timings.prompt_ms = ms(first);
         timings.generation_ms = ms(completion.total.saturating_sub(first));
-        timings.first_token_ms = ms((gen_start - t0) + first);
+        timings.first_token_ms = ms(first_emit.unwrap_or_else(|| t0.elapsed()));
         timings.prompt_tokens = completion.prompt_tokens;
         timings.answer_tokens = completion.completion_tokens;
+        timings.grounding_ms = ms(writer.grounding);
+        let _ = gen_start;
 
-        // 6. Citations and grounding.
-        let t = Instant::now();
+        // 6. Checks: a refusal abstains; junk, copies and unsupported answers give way
+        // to the extractive fallback.
         let raw = completion.text.trim().to_string();
-        let cleaned = citations::clean(&raw, sources.len());
-        let sentences = grounding::check(
-            &cleaned.text,
-            &sources,
-            self.embedder.as_deref(),
-            &self.config.grounding,
-        )?;
-        let mut cited = cleaned.cited.clone();
+        answer.raw_answer = raw.clone();
+        answer.dropped_sentences = std::mem::take(&mut writer.dropped);
+        answer.sentences = std::mem::take(&mut writer.kept);
+        let text = std::mem::take(&mut writer.out).trim().to_string();
+        drop(writer);
+        if prompt::is_refusal(&raw) {
+            let nearby = answer.sources.clone();
+            let text = abstain_text(&[], &nearby);
+            events(AskEvent::Replace(text.clone()));
+            return Ok(self.finish_abstained(answer, text, timings, t0, events));
+        }
+        let passages: Vec<String> = answer.evidence.iter().map(|e| e.text()).collect();
+        let passage_refs: Vec<&str> = passages.iter().map(String::as_str).collect();
+        answer.rejected = if let Some(j) = quality::junk(&raw) {
+            Some(Rejection::Junk(j))
+        } else if answer.sentences.is_empty() {
+            Some(Rejection::Unsupported)
+        } else if let Some(j) = quality::junk(&text) {
+            Some(Rejection::Junk(j))
+        } else if quality::copy_ratio(&text, &passage_refs) > self.config.max_copy_ratio {
+            Some(Rejection::Copied)
+        } else {
+            None
+        };
+        if let Some(why) = answer.rejected {
+            tracing::info!("extractive fallback: {why:?}");
+            answer.fallback = true;
+            answer.answer = extractive(&answer.evidence);
+            answer.sentences.clear();
+            events(AskEvent::Replace(answer.answer.clone()));
+        } else {
+            answer.answer = text;
+        }
+        let mut cited: Vec<u32> = citations::parse(&answer.answer)
+            .into_iter()
+            .flat_map(|m| m.numbers)
+            .filter(|&n| n >= 1 && n as usize <= answer.evidence.len())
+            .collect();
         cited.sort_unstable();
+        cited.dedup();
         answer.citations = cited
             .iter()
             .map(|&n| {
-                let s = &sources[n as usize - 1];
-                let supported = sentences
-                    .iter()
-                    .any(|st| st.scores.iter().any(|&(m, _, _, ok)| m == n && ok));
+                let e = &answer.evidence[n as usize - 1];
+                let s = &e.source;
                 Citation {
                     n,
                     id: s.id.clone(),
@@ -382,30 +685,26 @@ impl Assistant {
                     passage: s.passage.clone(),
                     passage_start: s.passage_start,
                     passage_end: s.passage_end,
-                    supported,
+                    quotes: e.sentences.clone(),
+                    supported: true,
                 }
             })
             .collect();
-        answer.abstained = cited.is_empty() && prompt::is_refusal(&cleaned.text);
-        answer.answer = cleaned.text;
-        answer.raw_answer = raw;
-        answer.invalid_citations = cleaned.invalid;
-        answer.citation_marks = cleaned.total_marks;
-        answer.invalid_citation_marks = cleaned.invalid_marks;
-        answer.sentences = sentences;
-        timings.grounding_ms = ms(t.elapsed());
         events(AskEvent::Citations(answer.citations.clone()));
 
-        // 7. Suggested follow-ups.
-        if req.followups && !answer.abstained && !answer.answer.is_empty() {
+        // 7. Suggested follow-ups the evidence answers.
+        if req.followups {
             let t = Instant::now();
             let reply = self.backend.chat(
-                &prompt::followup_messages(&standalone, &answer.answer, &sources),
+                &prompt::followup_messages(&standalone, &answer.evidence),
                 &self.params(72),
                 &mut |_| ControlFlow::Continue(()),
             );
             match reply {
-                Ok(r) => answer.followups = prompt::parse_followups(&r.text, question),
+                Ok(r) => {
+                    let candidates = prompt::parse_followups(&r.text, question);
+                    answer.followups = self.grounded_followups(candidates, &answer.evidence)?;
+                }
                 // The answer stands without suggestions.
                 Err(e) => tracing::warn!("follow-up suggestions failed: {e}"),
             }
@@ -418,31 +717,231 @@ impl Assistant {
         Ok(answer)
     }
 
+    /// Retrieval up to the evidence, without generating: what [`Assistant::ask`] gives
+    /// the model for `question` (a standalone question) drawing on `k` documents.
+    /// Empty evidence means the assistant abstains.
+    pub fn find(&self, question: &str, k: usize, source: Option<&str>) -> Result<Findings> {
+        let k = if k == 0 { 5 } else { k.min(20) };
+        // Retrieval: several passages per document, deduplicated later.
+        let t = Instant::now();
+        let mut hits = self.retriever.retrieve(&Query {
+            text: question,
+            k: k * 3,
+            source,
+        })?;
+        let retrieval_ms = ms(t.elapsed());
+
+        // Relevance gate on the best passage of each of the top documents.
+        let t = Instant::now();
+        let mut nearby: Vec<Source> = Vec::new();
+        for h in &hits {
+            if nearby.len() < k
+                && !nearby.iter().any(|s| s.id == h.id)
+                && !h.passage.trim().is_empty()
+            {
+                nearby.push(h.clone());
+            }
+        }
+        let refs: Vec<&Source> = nearby.iter().collect();
+        let (relevance, is_cosine, qvec) = self.relevance(question, &refs)?;
+        let threshold = if is_cosine {
+            self.config.min_relevance
+        } else {
+            self.config.min_lexical_relevance
+        };
+        // Answerability: the question's names, numbers and acronyms must occur in what
+        // was retrieved.
+        let missing_terms = if relevance >= threshold {
+            self.missing_terms(question, &mut hits, source)?
+        } else {
+            Vec::new()
+        };
+        let mut ecfg = self.config.evidence.clone();
+        ecfg.max_documents = k;
+        ecfg.max_chars = ecfg.max_chars.min(self.config.max_context_tokens * 4);
+        let evidence = if relevance >= threshold && missing_terms.is_empty() {
+            evidence::select(
+                question,
+                &hits,
+                self.embedder.as_deref(),
+                qvec.as_deref(),
+                &ecfg,
+            )?
+        } else {
+            Vec::new()
+        };
+        Ok(Findings {
+            evidence,
+            relevance,
+            relevance_is_cosine: is_cosine,
+            missing_terms,
+            nearby,
+            retrieval_ms,
+            gate_ms: ms(t.elapsed()),
+        })
+    }
+
+    /// The question's specific terms that no retrieved passage (with its title,
+    /// authors and date) mentions. A term missing from the first retrieval gets a
+    /// search of its own: passages that mention it join `hits`, so a name that only
+    /// appears deeper in a document still counts, and still reaches the evidence.
+    fn missing_terms(
+        &self,
+        question: &str,
+        hits: &mut Vec<Source>,
+        source: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let text = |h: &Source| {
+            format!(
+                "{}\n{}\n{}\n{}",
+                h.title,
+                h.authors.join(", "),
+                h.date.as_deref().unwrap_or(""),
+                h.passage
+            )
+        };
+        let missing = |hits: &[Source]| {
+            let texts: Vec<String> = hits.iter().map(text).collect();
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            answerable::missing_terms(question, &refs)
+        };
+        let first = missing(hits);
+        if first.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut still = Vec::new();
+        for term in first {
+            let query = format!("{term} {question}");
+            let found = self.retriever.retrieve(&Query {
+                text: &query,
+                k: 10,
+                source,
+            })?;
+            let with_term: Vec<Source> = found
+                .into_iter()
+                .filter(|h| {
+                    let t = text(h);
+                    answerable::missing_terms(&term.to_string(), &[t.as_str()]).is_empty()
+                })
+                .collect();
+            if with_term.is_empty() {
+                still.push(term.to_string());
+            } else {
+                for h in with_term.into_iter().take(3) {
+                    if !hits
+                        .iter()
+                        .any(|x| x.id == h.id && x.passage_start == h.passage_start)
+                    {
+                        hits.push(h);
+                    }
+                }
+            }
+        }
+        // A term found by its own search counts only if the passages that hold it
+        // also hold the question's other terms.
+        if still.is_empty() {
+            return Ok(missing(hits).iter().map(ToString::to_string).collect());
+        }
+        Ok(still)
+    }
+
+    fn finish_abstained(
+        &self,
+        mut answer: Answer,
+        text: String,
+        mut timings: Timings,
+        t0: Instant,
+        events: &mut dyn FnMut(AskEvent),
+    ) -> Answer {
+        answer.answer = text.clone();
+        answer.abstained = true;
+        answer.citations.clear();
+        answer.sentences.clear();
+        if timings.first_token_ms == 0.0 {
+            timings.first_token_ms = ms(t0.elapsed());
+            events(AskEvent::Token(text));
+        }
+        events(AskEvent::Citations(Vec::new()));
+        events(AskEvent::Followups(Vec::new()));
+        timings.total_ms = ms(t0.elapsed());
+        answer.timings = timings;
+        events(AskEvent::Done);
+        answer
+    }
+
+    /// Suggestions whose specific terms the evidence mentions and that some evidence
+    /// sentence is close to.
+    fn grounded_followups(
+        &self,
+        candidates: Vec<String>,
+        evidence: &[Evidence],
+    ) -> Result<Vec<String>> {
+        if candidates.is_empty() {
+            return Ok(candidates);
+        }
+        let texts: Vec<String> = evidence
+            .iter()
+            .map(|e| format!("{}\n{}", e.source.title, e.text()))
+            .collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let vecs = match &self.embedder {
+            Some(e) => {
+                let c: Vec<&str> = candidates.iter().map(String::as_str).collect();
+                Some(e.embed(&c)?)
+            }
+            None => None,
+        };
+        let all_words: Vec<_> = refs.iter().map(|t| content_words(t)).collect();
+        let mut out = Vec::new();
+        for (i, c) in candidates.into_iter().enumerate() {
+            if !answerable::missing_terms(&c, &refs).is_empty() {
+                continue;
+            }
+            let close = match &vecs {
+                Some(v) => evidence
+                    .iter()
+                    .flat_map(|e| e.vectors.iter())
+                    .any(|u| dot(&v[i], u) >= FOLLOWUP_MIN_SIMILARITY),
+                None => {
+                    let w = content_words(&c);
+                    all_words.iter().any(|e| lexical_overlap(&w, e) >= 0.5)
+                }
+            };
+            if close {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
     fn params(&self, max_tokens: usize) -> GenParams {
         GenParams {
             max_tokens,
             temperature: self.config.temperature,
             seed: self.config.seed,
-            stop: Vec::new(),
+            ..GenParams::default()
         }
     }
 
-    /// The best relevance of any source to the question: cosine similarity with the
-    /// embedder, else the share of question content words found in a source.
-    fn relevance(&self, question: &str, sources: &[Source]) -> Result<(f32, bool)> {
-        if sources.is_empty() {
-            return Ok((0.0, self.embedder.is_some()));
-        }
+    /// The best relevance of any source to the question (cosine similarity with the
+    /// embedder, else the share of question content words found in a source), and the
+    /// question's embedding.
+    fn relevance(
+        &self,
+        question: &str,
+        sources: &[&Source],
+    ) -> Result<(f32, bool, Option<Vec<f32>>)> {
         match &self.embedder {
             Some(e) => {
                 let mut texts: Vec<&str> = vec![question];
                 texts.extend(sources.iter().map(|s| s.passage.as_str()));
-                let v = e.embed(&texts)?;
-                let best = v[1..]
+                let mut v = e.embed(&texts)?;
+                let q = v.remove(0);
+                let best = v
                     .iter()
-                    .map(|p| p.iter().zip(&v[0]).map(|(a, b)| a * b).sum::<f32>())
-                    .fold(f32::MIN, f32::max);
-                Ok((best, true))
+                    .map(|p| dot(p, &q))
+                    .fold(if sources.is_empty() { 0.0 } else { f32::MIN }, f32::max);
+                Ok((best, true, Some(q)))
             }
             None => {
                 let q = content_words(question);
@@ -452,11 +951,14 @@ impl Assistant {
                         lexical_overlap(&q, &content_words(&format!("{} {}", s.title, s.passage)))
                     })
                     .fold(0.0, f32::max);
-                Ok((best, false))
+                Ok((best, false, None))
             }
         }
     }
 }
+
+/// A suggested follow-up must be this close (cosine) to some evidence sentence.
+const FOLLOWUP_MIN_SIMILARITY: f32 = 0.45;
 
 #[cfg(test)]
 mod tests {
@@ -464,8 +966,8 @@ mod tests {
 
     use super::*;
     use crate::backend::{ChatMessage, Completion};
-    use crate::context::tests::src;
     use crate::grounding::tests::BowEmbedder;
+    use crate::retrieve::tests::src;
 
     struct MemRetriever(Vec<Source>);
     impl Retriever for MemRetriever {
@@ -487,10 +989,10 @@ mod tests {
         }
     }
 
-    /// Replies from a script, recording the prompts it was given.
+    /// Replies from a script, recording the prompts and parameters it was given.
     struct Scripted {
         replies: Mutex<Vec<String>>,
-        seen: Mutex<Vec<Vec<ChatMessage>>>,
+        seen: Mutex<Vec<(Vec<ChatMessage>, GenParams)>>,
     }
     impl Scripted {
         fn new(replies: &[&str]) -> Arc<Self> {
@@ -499,7 +1001,7 @@ mod tests {
                 seen: Mutex::new(Vec::new()),
             })
         }
-        fn calls(&self) -> Vec<Vec<ChatMessage>> {
+        fn calls(&self) -> Vec<(Vec<ChatMessage>, GenParams)> {
             self.seen.lock().map(|s| s.clone()).unwrap_or_default()
         }
     }
@@ -516,11 +1018,11 @@ mod tests {
         fn chat(
             &self,
             messages: &[ChatMessage],
-            _: &GenParams,
+            params: &GenParams,
             on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
         ) -> Result<Completion> {
             if let Ok(mut s) = self.seen.lock() {
-                s.push(messages.to_vec());
+                s.push((messages.to_vec(), params.clone()));
             }
             let text = self
                 .replies
@@ -545,7 +1047,8 @@ mod tests {
                 "gh",
                 "Gradient hacking",
                 "Gradient hacking is when a deceptive mesa-optimizer deliberately influences \
-                 its own training gradients to protect its objective.",
+                 its own training gradients to protect its objective. It would let a model \
+                 keep a misaligned goal hidden from the training process.",
             ),
             src(
                 "rlhf",
@@ -577,24 +1080,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn answers_with_clean_citations_and_followups() {
-        let b = Scripted::new(&[
-            "Gradient hacking is when a deceptive mesa-optimizer influences its own training \
-             gradients [1, 7]. Bananas grow on trees [1].",
-            "1. What is a mesa-optimizer?\n2. How could gradient hacking be detected?",
-        ]);
-        let a = assistant(b.clone(), corpus());
-        let mut tokens = String::new();
+    /// Ask, returning the answer, the event kinds in order (deduplicated) and the
+    /// streamed text.
+    fn run(a: &Assistant, r: &AskRequest) -> (Answer, Vec<&'static str>, String) {
+        let mut streamed = String::new();
         let mut order = Vec::new();
         let ans = a
-            .ask(&req("What is gradient hacking?"), &mut |e| {
+            .ask(r, &mut |e| {
                 order.push(match &e {
                     AskEvent::Rewritten(_) => "rewritten",
                     AskEvent::Retrieved { .. } => "retrieved",
                     AskEvent::Token(t) => {
-                        tokens.push_str(t);
+                        streamed.push_str(t);
                         "token"
+                    }
+                    AskEvent::Replace(t) => {
+                        streamed = t.clone();
+                        "replace"
                     }
                     AskEvent::Citations(_) => "citations",
                     AskEvent::Followups(_) => "followups",
@@ -603,43 +1105,69 @@ mod tests {
             })
             .expect("answer");
         order.dedup();
+        (ans, order, streamed)
+    }
+
+    #[test]
+    fn cites_sentences_from_grounding_and_drops_unsupported_ones() {
+        let b = Scripted::new(&[
+            "A deceptive mesa-optimizer can influence its own training gradients to protect \
+             its objective [2]. Bananas grow on tall trees in warm tropical places [1].",
+            "1. Why would a deceptive mesa-optimizer protect its objective from training?\n\
+             2. How do bananas grow on tall trees?",
+        ]);
+        let a = assistant(b.clone(), corpus());
+        let (ans, order, streamed) = run(&a, &req("What is gradient hacking?"));
         assert_eq!(
             order,
             vec!["retrieved", "token", "citations", "followups", "done"]
         );
-        assert!(tokens.contains("[1, 7]"), "streamed raw text");
-        assert!(!ans.abstained);
-        assert_eq!(ans.invalid_citations, vec![7]);
-        assert!(ans.answer.contains("gradients [1]."), "{}", ans.answer);
-        // Every [n] left in the answer has a citation entry, and only cited ones are listed.
-        let listed: Vec<u32> = ans.citations.iter().map(|c| c.n).collect();
-        for m in crate::citations::parse(&ans.answer) {
-            for n in m.numbers {
-                assert!(listed.contains(&n));
-            }
-        }
-        let gh = ans
-            .citations
-            .iter()
-            .find(|c| c.id == "gh")
-            .expect("gh cited");
-        assert!(gh.supported);
-        assert_eq!(ans.sentences.len(), 2);
-        assert!(ans.sentences[0].supported && !ans.sentences[1].supported);
-        assert_eq!(ans.followups.len(), 2);
-        // The prompt numbered the best source first.
-        let prompt = &b.calls()[0];
+        assert_eq!(streamed, ans.answer, "what streams is the final answer");
+        assert!(!ans.abstained && !ans.fallback);
+        // The model's own [2] is replaced by the source that supports the sentence.
         assert!(
-            prompt
-                .last()
-                .is_some_and(|m| m.content.contains("[1] Gradient hacking"))
+            ans.answer.ends_with("to protect its objective [1]."),
+            "{}",
+            ans.answer
+        );
+        assert!(
+            !ans.answer.contains("Bananas"),
+            "unsupported sentence dropped"
+        );
+        assert_eq!(ans.dropped_sentences.len(), 1);
+        assert_eq!(ans.citations.len(), 1);
+        assert_eq!(ans.citations[0].id, "gh");
+        assert!(ans.citations[0].quotes[0].starts_with("Gradient hacking is when"));
+        assert_eq!(ans.sentences.len(), 1);
+        // Follow-ups: only the one the evidence answers.
+        assert_eq!(ans.followups.len(), 1, "{:?}", ans.followups);
+        assert!(ans.followups[0].contains("mesa-optimizer"));
+        // The prompt gives evidence sentences without our header format, and decoding
+        // is told not to copy them.
+        let (msgs, params) = &b.calls()[0];
+        let prompt = &msgs.last().expect("messages").content;
+        assert!(prompt.contains("[1] Gradient hacking is when"), "{prompt}");
+        assert!(!prompt.contains("Ada and Bob"), "{prompt}");
+        assert!(params.copy_ngram > 0 && params.repeat_ngram > 0);
+        assert!(
+            params
+                .avoid_copying
+                .iter()
+                .any(|t| t.contains("mesa-optimizer"))
         );
         let json = serde_json::to_value(&ans).expect("serialises");
         let mut keys: Vec<&String> = json.as_object().expect("object").keys().collect();
         keys.sort();
         assert_eq!(
             keys,
-            vec!["abstained", "answer", "citations", "followups", "timings"]
+            vec![
+                "abstained",
+                "answer",
+                "citations",
+                "fallback",
+                "followups",
+                "timings"
+            ]
         );
     }
 
@@ -647,36 +1175,81 @@ mod tests {
     fn abstains_without_calling_the_model_when_nothing_is_relevant() {
         let b = Scripted::new(&["should not be used"]);
         let a = assistant(b.clone(), corpus());
-        let ans = a
-            .ask(
-                &req("What is the boiling point of gallium in Kelvin?"),
-                &mut |_| {},
-            )
-            .expect("answer");
+        let (ans, _, streamed) = run(&a, &req("What is the boiling point of gallium in Kelvin?"));
         assert!(ans.abstained);
-        assert_eq!(ans.answer, ABSTAIN_ANSWER);
+        assert!(ans.answer.starts_with(ABSTAIN_ANSWER));
+        assert_eq!(streamed, ans.answer);
         assert!(ans.citations.is_empty());
         assert!(b.calls().is_empty());
     }
 
     #[test]
+    fn abstains_when_the_question_names_what_no_source_mentions() {
+        let b = Scripted::new(&["should not be used"]);
+        let a = assistant(b.clone(), corpus());
+        let (ans, _, _) = run(
+            &a,
+            &req("What did the Bletchley Declaration say about gradient hacking?"),
+        );
+        assert!(ans.abstained, "{}", ans.answer);
+        assert_eq!(ans.missing_terms, vec!["Bletchley Declaration"]);
+        assert!(
+            ans.answer.contains("“Bletchley Declaration”"),
+            "{}",
+            ans.answer
+        );
+        assert!(
+            ans.answer.contains("“Gradient hacking”"),
+            "says what is covered"
+        );
+        assert!(b.calls().is_empty());
+        // The same question about a named thing the corpus holds is answered.
+        let b = Scripted::new(&["RLHF trains a reward model on human preference comparisons."]);
+        let a = assistant(b, corpus());
+        let (ans, _, _) = run(&a, &req("How does RLHF train its reward model?"));
+        assert!(!ans.abstained, "{}", ans.answer);
+    }
+
+    #[test]
     fn model_refusal_counts_as_abstention() {
         let b = Scripted::new(&["The sources don't answer this.", ""]);
-        let ans = assistant(b, corpus()).ask(&req("What is gradient hacking?"), &mut |_| {});
-        assert!(ans.expect("answer").abstained);
+        let (ans, order, streamed) =
+            run(&assistant(b, corpus()), &req("What is gradient hacking?"));
+        assert!(ans.abstained);
+        assert!(order.contains(&"replace"));
+        assert_eq!(streamed, ans.answer);
+    }
+
+    #[test]
+    fn pasted_source_headers_give_way_to_the_labelled_fallback() {
+        let b = Scripted::new(&[
+            "[1] Gradient hacking — Ada and Bob (2020-03-30)\nGradient hacking is when a \
+             deceptive mesa-optimizer deliberately influences its own training gradients.",
+            "",
+        ]);
+        let (ans, order, streamed) =
+            run(&assistant(b, corpus()), &req("What is gradient hacking?"));
+        assert!(ans.fallback && !ans.abstained);
+        assert_eq!(ans.rejected, Some(Rejection::Junk(Junk::SourceHeaders)));
+        assert!(ans.answer.starts_with(FALLBACK_LABEL), "{}", ans.answer);
+        assert!(ans.answer.contains("“Gradient hacking is when"), "quoted");
+        assert!(ans.answer.contains("[1]"));
+        assert_eq!(ans.citations[0].id, "gh");
+        assert!(order.contains(&"replace"));
+        assert_eq!(streamed, ans.answer);
     }
 
     #[test]
     fn follow_ups_are_rewritten_before_retrieval() {
         let b = Scripted::new(&[
             "How does RLHF train a reward model?",
-            "It uses comparisons [1].",
+            "It uses human preference comparisons to train the reward model.",
         ]);
         let a = assistant(b.clone(), corpus());
         let mut r = req("How does it train the reward model?");
         r.followups = false;
         r.history = vec![("What is RLHF?".into(), "RLHF is ... [1]".into())];
-        let ans = a.ask(&r, &mut |_| {}).expect("answer");
+        let (ans, _, _) = run(&a, &r);
         assert_eq!(
             ans.standalone_question,
             "How does RLHF train a reward model?"
@@ -685,7 +1258,7 @@ mod tests {
         let calls = b.calls();
         assert_eq!(calls.len(), 2);
         // The answer prompt carries the conversation.
-        assert!(calls[1].iter().any(|m| m.content == "What is RLHF?"));
+        assert!(calls[1].0.iter().any(|m| m.content == "What is RLHF?"));
     }
 
     #[test]
@@ -708,5 +1281,13 @@ mod tests {
             e.err()
                 .is_some_and(|e| e.to_string().contains("overseer ingest"))
         );
+    }
+
+    #[test]
+    fn citations_go_before_the_closing_punctuation() {
+        assert_eq!(with_citation("It works.", &[1, 3]), "It works [1, 3].");
+        assert_eq!(with_citation("Does it?", &[2]), "Does it [2]?");
+        assert_eq!(with_citation("No stop", &[1]), "No stop [1]");
+        assert_eq!(with_citation("Bare.", &[]), "Bare.");
     }
 }

@@ -180,7 +180,7 @@ pub fn check(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::context::tests::src;
+    use crate::retrieve::tests::src;
 
     /// A deterministic bag-of-words embedder for tests: hashed content words, L2-normalised.
     pub(crate) struct BowEmbedder;

@@ -8,8 +8,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::ChatMessage;
-use crate::context;
-use crate::retrieve::Source;
+use crate::evidence::Evidence;
 
 /// Answer style, after the AI Safety Chatbot's modes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,16 +41,16 @@ impl Mode {
     /// Tokens to allow for the answer.
     pub(crate) fn max_tokens(self) -> usize {
         match self {
-            Mode::Concise => 96,
-            Mode::Default => 320,
-            Mode::Rookie => 320,
+            Mode::Concise => 80,
+            Mode::Default => 220,
+            Mode::Rookie => 240,
         }
     }
 
     fn style(self) -> &'static str {
         match self {
             Mode::Default => {
-                "Answer in one to three short paragraphs for a researcher. Be precise."
+                "Answer in four to six sentences for a researcher. Be precise and specific."
             }
             Mode::Concise => "Answer in one or two sentences only.",
             Mode::Rookie => {
@@ -67,45 +66,53 @@ pub const ABSTAIN_ANSWER: &str = "My sources don't answer this question. The ind
 literature has nothing relevant enough to give a grounded answer; try rephrasing, or ingest \
 documents that cover it.";
 
-const SYSTEM: &str = "You are overseer, an assistant that answers questions about AI safety \
-and alignment using only the numbered sources you are given. After every sentence that uses \
-a source, cite it with its number in square brackets, like [1] or [2, 3]. Only cite sources \
-from the list. If the sources do not contain the answer, say \"The sources don't answer \
-this.\" Do not make things up.";
+/// The label that opens the extractive fallback.
+pub const FALLBACK_LABEL: &str = "What the sources say:";
 
-/// The chat messages for answering `question` from `sources` (numbered 1..).
+/// No instruction to refuse: whether the evidence answers the question is decided
+/// before generation (relevance, specific terms) and after it (grounding), and small
+/// models told they may refuse do so on questions their notes answer.
+const SYSTEM: &str = "You are overseer, an assistant for AI safety researchers. You answer \
+questions using only the numbered notes you are given. Write the answer in your own words: \
+explain and connect the ideas, do not copy the notes and do not list them or their titles.";
+
+/// The notes block: each evidence item's sentences after its number.
+pub(crate) fn notes(evidence: &[Evidence]) -> String {
+    let mut out = String::new();
+    for (i, e) in evidence.iter().enumerate() {
+        out.push_str(&format!("[{}] {}\n", i + 1, e.text()));
+    }
+    out
+}
+
+fn question_turn(notes: &str, question: &str, mode: Mode) -> String {
+    format!(
+        "Notes:\n{notes}\nQuestion: {question}\n{} Use your own words.",
+        mode.style()
+    )
+}
+
+/// The chat messages for answering `question` from `evidence` (numbered 1..).
 /// `history` holds earlier (question, answer) turns of the conversation, oldest first.
+/// The system turn comes first and never changes, so a backend can keep its KV cache
+/// across questions.
 pub(crate) fn answer_messages(
     question: &str,
-    sources: &[Source],
+    evidence: &[Evidence],
     mode: Mode,
     history: &[(String, String)],
 ) -> Vec<ChatMessage> {
-    let mut msgs = vec![ChatMessage::system(format!("{SYSTEM} {}", mode.style()))];
+    let mut msgs = vec![ChatMessage::system(SYSTEM)];
     for (q, a) in history {
         msgs.push(ChatMessage::user(q.clone()));
         msgs.push(ChatMessage::assistant(a.clone()));
     }
-    let mut user = String::from("Sources:\n\n");
-    for (i, s) in sources.iter().enumerate() {
-        user.push_str(&context::block(i + 1, s));
-        user.push('\n');
-    }
-    user.push_str(&format!(
-        "Question: {question}\n\n{} Cite the sources by number, like [1].",
-        mode.style()
-    ));
-    msgs.push(ChatMessage::user(user));
+    msgs.push(ChatMessage::user(question_turn(
+        &notes(evidence),
+        question,
+        mode,
+    )));
     msgs
-}
-
-/// Token cost of the answer prompt without any sources (system, history, question).
-pub(crate) fn overhead_text(question: &str, mode: Mode, history: &[(String, String)]) -> String {
-    answer_messages(question, &[], mode, history)
-        .into_iter()
-        .map(|m| m.content)
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Messages asking the model to turn a follow-up into a standalone question.
@@ -142,26 +149,17 @@ pub(crate) fn parse_rewrite(reply: &str) -> Option<String> {
     (line.len() >= 8 && line.len() <= 400).then(|| line.to_string())
 }
 
-/// Messages asking for follow-up questions about an answer.
-pub(crate) fn followup_messages(
-    question: &str,
-    answer: &str,
-    sources: &[Source],
-) -> Vec<ChatMessage> {
-    let titles: Vec<String> = sources
-        .iter()
-        .take(5)
-        .map(|s| format!("- {}", s.title))
-        .collect();
+/// Messages asking for follow-up questions that the evidence itself answers.
+pub(crate) fn followup_messages(question: &str, evidence: &[Evidence]) -> Vec<ChatMessage> {
     vec![
         ChatMessage::system(
-            "Suggest three short follow-up questions a curious reader might ask next. \
-             Write one question per line, each ending with a question mark, and nothing else.",
+            "Suggest three short follow-up questions that the notes below answer and the \
+             reader did not ask yet. Write one question per line, each ending with a \
+             question mark, and nothing else.",
         ),
         ChatMessage::user(format!(
-            "Question: {question}\nAnswer: {}\nRelated documents:\n{}\n\nThree follow-up questions:",
-            crate::text::truncate_bytes(answer, 1200),
-            titles.join("\n")
+            "Notes:\n{}\nThe reader asked: {question}\n\nThree follow-up questions the notes answer:",
+            notes(evidence)
         )),
     ]
 }
@@ -215,7 +213,7 @@ pub(crate) fn is_refusal(answer: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::context::tests::src;
+    use crate::retrieve::tests::src;
 
     #[test]
     fn modes_parse() {
@@ -224,21 +222,27 @@ mod tests {
     }
 
     #[test]
-    fn answer_prompt_numbers_sources_and_includes_history() {
-        let s = vec![
-            src("a", "Alpha", "alpha text"),
-            src("b", "Beta", "beta text"),
-        ];
+    fn answer_prompt_numbers_evidence_and_includes_history() {
+        let ev = |id: &str, t: &str| Evidence {
+            source: src(id, "Title", t),
+            sentences: vec![t.to_string()],
+            scores: vec![1.0],
+            vectors: Vec::new(),
+        };
+        let e = vec![ev("a", "alpha text"), ev("b", "beta text")];
         let h = vec![("What is X?".to_string(), "X is Y [1].".to_string())];
-        let m = answer_messages("And Z?", &s, Mode::Rookie, &h);
+        let m = answer_messages("And Z?", &e, Mode::Rookie, &h);
+        // system, history pair, question.
         assert_eq!(m.len(), 4);
+        assert_eq!(m[1].content, "What is X?");
         let last = &m[3].content;
-        assert!(
-            last.contains("[1] Alpha") && last.contains("[2] Beta"),
-            "{last}"
-        );
-        assert!(last.find("[2] Beta") < last.find("Question: And Z?"));
-        assert!(m[0].content.contains("jargon"));
+        assert!(last.contains("[1] alpha text\n[2] beta text"), "{last}");
+        assert!(!last.contains("Title"), "no source headers: {last}");
+        assert!(last.find("[2] beta") < last.find("Question: And Z?"));
+        assert!(last.contains("jargon"));
+        // The fixed prefix does not depend on the question.
+        let other = answer_messages("Why?", &e, Mode::Default, &[]);
+        assert_eq!(m[..1], other[..1]);
     }
 
     #[test]

@@ -44,3 +44,23 @@ pub trait Retriever: Send + Sync {
     /// Number of documents indexed (0 means "ingest first").
     fn document_count(&self) -> Result<usize>;
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn src(id: &str, title: &str, passage: &str) -> Source {
+        Source {
+            id: id.into(),
+            title: title.into(),
+            authors: vec!["Ada".into(), "Bob".into()],
+            date: Some("2020-03-30T00:00:00Z".into()),
+            url: format!("https://example.org/{id}"),
+            source: "test".into(),
+            score: 1.0,
+            passage: passage.into(),
+            passage_start: 100,
+            passage_end: 100 + passage.chars().count(),
+        }
+    }
+}

@@ -342,6 +342,10 @@ async function ask(question) {
           renderAnswer(turn, node, true);
           if (tokens % 8 === 0) scrollDown();
           break;
+        case "replace":
+          turn.content = data.text;
+          renderAnswer(turn, node, true);
+          break;
         case "citations":
           turn.citations = data.citations || [];
           break;
@@ -349,7 +353,7 @@ async function ask(question) {
           turn.followups = data.followups || [];
           break;
         case "done":
-          if (typeof data.answer === "string" && data.answer.length >= turn.content.length) turn.content = data.answer;
+          if (typeof data.answer === "string") turn.content = data.answer;
           if (Array.isArray(data.citations)) turn.citations = data.citations;
           if (Array.isArray(data.followups)) turn.followups = data.followups;
           if (data.abstained) phase.textContent = "The indexed sources do not answer this.";

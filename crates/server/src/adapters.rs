@@ -353,6 +353,7 @@ fn run_local(
             seed: p.seed.unwrap_or(42),
         },
         stop: p.stop.clone(),
+        ..GenerateOptions::default()
     };
     let mut session = model.session(1);
     let g = overseer_lm::generate(model, &mut session, &prompt, &opts, hook, on_text)?;
@@ -467,6 +468,7 @@ impl Generator for AssistantGenerator {
                     millis: t0.elapsed().as_millis() as u64,
                 }),
                 overseer_rag::AskEvent::Token(t) => send(AskEvent::Token(t)),
+                overseer_rag::AskEvent::Replace(t) => send(AskEvent::Replace(t)),
                 overseer_rag::AskEvent::Citations(c) => send(AskEvent::Citations(
                     serde_json::to_value(&c).unwrap_or(Value::Null),
                 )),
@@ -512,6 +514,7 @@ impl Generator for AssistantGenerator {
             temperature: p.temperature,
             seed: p.seed.unwrap_or(42),
             stop: p.stop.clone(),
+            ..GenParams::default()
         };
         let c = self
             .backend
@@ -526,81 +529,6 @@ impl Generator for AssistantGenerator {
             } else {
                 "stop".into()
             },
-        })
-    }
-}
-
-/// The local GGUF model as the assistant's chat backend: the same loaded model then
-/// serves `/api/ask` and `/v1/chat/completions` (one copy of the weights).
-pub struct ModelBackend {
-    model: Arc<overseer_lm::Model>,
-    name: String,
-}
-
-impl ModelBackend {
-    pub fn new(model: Arc<overseer_lm::Model>, name: impl Into<String>) -> Self {
-        ModelBackend {
-            model,
-            name: name.into(),
-        }
-    }
-}
-
-impl Backend for ModelBackend {
-    fn describe(&self) -> String {
-        format!("local:{}", self.name)
-    }
-    fn context_window(&self) -> usize {
-        self.model.config().context_length
-    }
-    fn count_tokens(&self, text: &str) -> usize {
-        self.model
-            .tokenizer()
-            .encode(text, false)
-            .map_or(text.len() / 3 + 1, |t| t.len())
-    }
-    fn chat(
-        &self,
-        messages: &[overseer_rag::ChatMessage],
-        params: &GenParams,
-        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
-    ) -> overseer_rag::Result<Completion> {
-        let p = ChatParams {
-            messages: messages
-                .iter()
-                .map(|m| ChatMessage {
-                    role: match m.role {
-                        ChatRole::System => "system",
-                        ChatRole::User => "user",
-                        ChatRole::Assistant => "assistant",
-                    }
-                    .into(),
-                    content: m.content.clone(),
-                })
-                .collect(),
-            max_tokens: params.max_tokens,
-            temperature: params.temperature,
-            top_p: 1.0,
-            seed: Some(params.seed),
-            stop: params.stop.clone(),
-            intervention: None,
-        };
-        let t0 = Instant::now();
-        let mut first = None;
-        let mut cancelled = false;
-        let out = run_local(&self.model, &p, None, &mut |t| {
-            first.get_or_insert_with(|| t0.elapsed());
-            let flow = on_text(t);
-            cancelled |= flow.is_break();
-            flow
-        })?;
-        Ok(Completion {
-            text: out.text,
-            prompt_tokens: Some(out.prompt_tokens),
-            completion_tokens: out.completion_tokens,
-            first_token: first,
-            total: t0.elapsed(),
-            cancelled,
         })
     }
 }

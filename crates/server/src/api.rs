@@ -383,6 +383,9 @@ fn ask_events(ev: WorkerEvent) -> Vec<Event> {
             sse_json("sources", &json!({ "sources": sources })),
         ],
         WorkerEvent::Ask(AskEvent::Token(t)) => vec![sse_json("token", &json!({ "text": t }))],
+        WorkerEvent::Ask(AskEvent::Replace(t)) => {
+            vec![sse_json("replace", &json!({ "text": t }))]
+        }
         WorkerEvent::Ask(AskEvent::Citations(c)) => {
             vec![sse_json("citations", &json!({ "citations": c }))]
         }
@@ -453,7 +456,8 @@ async fn ask(
         question,
         mode,
         history: req.history,
-        k: req.k.unwrap_or(6).clamp(1, cfg.max_k),
+        // The CLI's default too: the same question gets the same answer.
+        k: req.k.unwrap_or(5).clamp(1, cfg.max_k),
         source: nonempty(req.source),
     };
     let ticket = submit(&state, JobKind::Ask(params))?;

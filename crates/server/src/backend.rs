@@ -78,7 +78,7 @@ pub struct AskParams {
 }
 
 /// What the assistant reports while it answers, in this order: `Retrieved`, `Token`*,
-/// `Citations`, `Followups`, `Done`.
+/// `Replace`?, `Citations`, `Followups`, `Done`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AskEvent {
     /// Retrieval finished: the passages the answer may cite, numbered from 1 in order.
@@ -87,6 +87,9 @@ pub enum AskEvent {
         millis: u64,
     },
     Token(String),
+    /// The text streamed so far is replaced by this (the labelled extractive fallback,
+    /// or an abstention decided after generation).
+    Replace(String),
     Citations(serde_json::Value),
     Followups(Vec<String>),
     /// The whole answer as `overseer ask --json` prints it.

@@ -19,7 +19,7 @@ mod state;
 mod ui;
 mod worker;
 
-pub use adapters::{AssistantGenerator, IndexLibrary, ModelBackend};
+pub use adapters::{AssistantGenerator, IndexLibrary};
 pub use api::{router, serve};
 pub use backend::{
     AskEvent, AskParams, ChatMessage, ChatOutput, ChatParams, Generator, IngestInput, Intervention,

@@ -50,9 +50,15 @@ pub struct LlmArgs {
     /// Most tokens of sources put in the prompt (bounds prompt processing time).
     #[arg(long, default_value_t = AssistantConfig::default().max_context_tokens)]
     pub max_context_tokens: usize,
-    /// Most tokens in an answer [default: by mode: 320, concise 96].
+    /// Most tokens in an answer [default: by mode: 220, concise 80, rookie 240].
     #[arg(long)]
     pub max_answer_tokens: Option<usize>,
+    /// Most evidence sentences given to the model.
+    #[arg(long, default_value_t = AssistantConfig::default().evidence.max_sentences)]
+    pub evidence_sentences: usize,
+    /// Most characters of evidence given to the model.
+    #[arg(long, default_value_t = AssistantConfig::default().evidence.max_chars)]
+    pub evidence_chars: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -106,17 +112,31 @@ pub fn build_assistant(g: &Global, llm: &LlmArgs) -> Result<Assistant> {
         }
         None => {
             let path = g.model_path(llm.model.as_deref(), QWEN_FILE)?;
-            overseer_rag::load_local(&path, g.threads())
-                .with_context(|| format!("cannot load {}", path.display()))?
+            let model = overseer_lm::Model::load(&path, &g.load_options()?)
+                .with_context(|| format!("cannot load {}", path.display()))?;
+            Arc::new(overseer_rag::LocalBackend::new(model))
         }
     };
+    Ok(Assistant::new(
+        retriever,
+        backend,
+        Some(embedder),
+        assistant_config(llm),
+    ))
+}
+
+/// The pipeline's settings from the command line; `overseer serve` uses the same, so
+/// `/api/ask` and `overseer ask` answer alike.
+pub fn assistant_config(llm: &LlmArgs) -> AssistantConfig {
     let mut config = AssistantConfig::default();
     if let Some(r) = llm.min_relevance {
         config.min_relevance = r;
     }
     config.max_context_tokens = llm.max_context_tokens;
     config.max_answer_tokens = llm.max_answer_tokens;
-    Ok(Assistant::new(retriever, backend, Some(embedder), config))
+    config.evidence.max_sentences = llm.evidence_sentences;
+    config.evidence.max_chars = llm.evidence_chars;
+    config
 }
 
 fn secs(v: f64, flag: &str) -> Result<Duration> {
@@ -185,6 +205,12 @@ fn ask_once(assistant: &Assistant, req: &AskRequest, json: bool) -> Result<Answe
             let _ = write!(out, "{}", md.push(&t));
             let _ = out.flush();
         }
+        // The streamed text gave way to a fallback or an abstention: say so and
+        // print the replacement in full.
+        AskEvent::Replace(t) => {
+            let _ = write!(out, "{}", md.push(&format!("\n\n{t}")));
+            let _ = out.flush();
+        }
         _ => {}
     })?;
     let _ = write!(out, "{}", md.finish());
@@ -200,17 +226,6 @@ fn print_sources(ans: &Answer, color: bool) {
         ("", "", "")
     };
     println!();
-    if !ans.invalid_citations.is_empty() {
-        let list: Vec<String> = ans
-            .invalid_citations
-            .iter()
-            .map(|n| format!("[{n}]"))
-            .collect();
-        println!(
-            "{d}(removed citations to sources that do not exist: {}){r}",
-            list.join(", ")
-        );
-    }
     let weak: Vec<&str> = ans
         .sentences
         .iter()

@@ -48,6 +48,7 @@ impl SamplingArgs {
             max_tokens: self.max_tokens,
             sampling,
             stop: self.stop.clone(),
+            ..GenerateOptions::default()
         }
     }
 }

@@ -134,8 +134,8 @@ mod backends {
     use std::path::Path;
     use std::time::Duration;
 
-    use overseer_rag::{AssistantConfig, Backend, OpenAiBackend, OpenAiConfig};
-    use overseer_server::{AssistantGenerator, IndexLibrary, ModelBackend};
+    use overseer_rag::{Backend, LocalBackend, OpenAiBackend, OpenAiConfig};
+    use overseer_server::{AssistantGenerator, IndexLibrary};
 
     use super::*;
 
@@ -188,18 +188,14 @@ mod backends {
                         .with_context(|| format!("cannot load {}", path.display()))?,
                 );
                 local = Some(model.clone());
-                (Arc::new(ModelBackend::new(model, name.clone())), name)
+                (Arc::new(LocalBackend::shared(model)), name)
             }
         };
-        let mut config = AssistantConfig::default();
-        if let Some(r) = llm.min_relevance {
-            config.min_relevance = r;
-        }
         let mut generator = AssistantGenerator::new(
             lit.library.retriever(),
             backend,
             Some(lit.library.embedder()),
-            config,
+            crate::cmd::ask::assistant_config(llm),
             name,
         );
         if let Some(model) = local {

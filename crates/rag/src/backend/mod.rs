@@ -62,6 +62,14 @@ pub struct GenParams {
     pub seed: u64,
     /// Extra stop strings (the model's own end-of-turn tokens always stop).
     pub stop: Vec<String>,
+    /// Texts the reply must not copy runs of `copy_ngram` words from (the evidence
+    /// an answer is written from). Backends that cannot block n-grams at decode time
+    /// (remote servers) ignore it; the pipeline checks the copy ratio afterwards.
+    pub avoid_copying: Vec<String>,
+    /// Length in words of a blocked copy (0: no copy blocking).
+    pub copy_ngram: usize,
+    /// Length in tokens of a blocked self-repeat (0: no loop blocking).
+    pub repeat_ngram: usize,
 }
 
 impl Default for GenParams {
@@ -71,6 +79,9 @@ impl Default for GenParams {
             temperature: 0.0,
             seed: 42,
             stop: Vec::new(),
+            avoid_copying: Vec::new(),
+            copy_ngram: 0,
+            repeat_ngram: 0,
         }
     }
 }
