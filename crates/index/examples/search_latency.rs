@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p overseer-index --example search_latency -- \
 //!     DATA_DIR QUERIES.jsonl [--models DIR] [--threads N] [--repeat R] [--k K] [--mode M] [--depth D]
+//!     [--rerank on|off]
 //! ```
 //!
 //! Opens `DATA_DIR` with the MiniLM embedder, runs every query of a BEIR queries file
@@ -39,12 +40,13 @@ fn row(name: &str, v: &mut [f64]) {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let usage = "usage: search_latency DATA_DIR QUERIES.jsonl [--models DIR] [--threads N] \
-                 [--repeat R] [--k K] [--mode bm25|dense|hybrid] [--depth D]";
+                 [--repeat R] [--k K] [--mode bm25|dense|hybrid] [--depth D] [--rerank on|off]";
     let data = PathBuf::from(args.next().ok_or(usage)?);
     let queries = PathBuf::from(args.next().ok_or(usage)?);
     let mut models = PathBuf::from("models/all-minilm-l6-v2");
     let (mut threads, mut repeat, mut k, mut mode) = (0usize, 3usize, 100usize, Mode::Hybrid);
     let mut depth = overseer_index::DEFAULT_DEPTH;
+    let mut rerank = overseer_index::Rerank::default();
     while let Some(flag) = args.next() {
         let val = args.next().ok_or(usage)?;
         match flag.as_str() {
@@ -54,6 +56,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--k" => k = val.parse()?,
             "--mode" => mode = val.parse()?,
             "--depth" => depth = val.parse()?,
+            "--rerank" if val == "on" => rerank = overseer_index::DEFAULT_RERANK,
+            "--rerank" if val == "off" => rerank = overseer_index::Rerank::OFF,
             _ => return Err(usage.into()),
         }
     }
@@ -87,10 +91,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut req = SearchRequest::new(q.clone(), k);
         req.mode = mode;
         req.depth = depth;
+        req.rerank = rerank;
         index.search(&req)?;
     }
     let mut total = Vec::new();
-    let mut stages: [Vec<f64>; 7] = Default::default();
+    let mut stages: [Vec<f64>; 8] = Default::default();
     let mut embed_alone = Vec::new();
     for _ in 0..repeat {
         for q in &texts {
@@ -100,6 +105,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut req = SearchRequest::new(q.clone(), k);
             req.mode = mode;
             req.depth = depth;
+            req.rerank = rerank;
             let t = Instant::now();
             let (_, st) = index.search_timed(&req)?;
             total.push(t.elapsed().as_secs_f64() * 1e3);
@@ -110,6 +116,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 st.embed_us,
                 st.dense_us,
                 st.fusion_us,
+                st.rerank_us,
                 st.assemble_us,
             ]) {
                 v.push(us / 1e3);
@@ -125,6 +132,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "  query embedding",
         "  dense search",
         "  fusion + docs",
+        "  rerank",
         "  assemble hits",
     ]
     .into_iter()

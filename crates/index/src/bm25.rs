@@ -4,7 +4,7 @@
 
 use std::ops::Bound;
 
-use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{
     DateOptions, Field, IndexRecordOption, NumericOptions, STORED, STRING, Schema,
     TextFieldIndexing, TextOptions,
@@ -14,8 +14,14 @@ use tantivy::{DateTime, TantivyDocument, Term};
 use crate::{Error, Result};
 
 pub(crate) const STEM: &str = "en_stem";
-/// Weight of a title match against a body match in BM25.
-const TITLE_BOOST: f32 = 1.5;
+/// Weight of a title match against a body match in BM25. The title is its own short
+/// field, so one title word already scores like a word repeated in a short body (BM25
+/// normalises by field length, and its IDF is over titles); at 1.5 a single title word
+/// outweighed several body words and title-word lookalikes crowded out the document
+/// described ("switched off" ranked "The Off-Switch Game" above the gridworlds paper).
+/// 0.4 was chosen on the dev halves of eval/retrieval and of the known-item set (sweep
+/// in eval/retrieval/README.md).
+const TITLE_BOOST: f32 = 0.4;
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Fields {
@@ -202,73 +208,61 @@ pub(crate) fn filter_query(f: &Fields, filters: &crate::Filters) -> Result<Optio
     })
 }
 
-/// BM25 query over title and text. Query syntax errors are tolerated (lenient parse);
-/// an empty result means "no searchable term".
+/// BM25 query over title and text: one `title:w^TITLE_BOOST OR text:w` pair of term
+/// clauses per word of `query`, all in one flat union (every word optional).
+///
+/// The words are the query's tokens under the fields' own analyzer (English stemming),
+/// so the text is never parsed as query syntax: natural-language questions and pasted
+/// passages are full of characters the query grammar would act on (`-` before a word
+/// excludes it, `a:b` names a field, quotes and hyphenated words make phrases, brackets
+/// group), and a lenient parse dropped or restricted words there. A repeated word stays
+/// repeated (its weight grows, as in plain BM25). No token: an empty union, which matches
+/// nothing. The flat term union also lets tantivy run block-max WAND (skipping postings
+/// blocks that cannot reach the top `n`).
 pub(crate) fn text_query(index: &tantivy::Index, f: &Fields, query: &str) -> Box<dyn Query> {
-    let mut parser = QueryParser::for_index(index, vec![f.title, f.text]);
-    parser.set_field_boost(f.title, TITLE_BOOST);
-    let (q, _errors) = parser.parse_query_lenient(query);
-    flatten_words(q, f)
+    let mut analyzer = index
+        .tokenizer_for_field(f.text)
+        .unwrap_or_else(|_| stem_analyzer());
+    let mut words = Vec::new();
+    let mut stream = analyzer.token_stream(query);
+    while stream.advance() {
+        words.push(stream.token().text.clone());
+    }
+    let boost = TITLE_BOOST;
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::with_capacity(2 * words.len());
+    for word in &words {
+        clauses.push((
+            Occur::Should,
+            Box::new(BoostQuery::new(
+                Box::new(TermQuery::new(
+                    Term::from_field_text(f.title, word),
+                    IndexRecordOption::WithFreqs,
+                )),
+                boost,
+            )),
+        ));
+        clauses.push((
+            Occur::Should,
+            Box::new(TermQuery::new(
+                Term::from_field_text(f.text, word),
+                IndexRecordOption::WithFreqs,
+            )),
+        ));
+    }
+    Box::new(BooleanQuery::new(clauses))
 }
 
-/// The parser's query for `w1 w2 …` is a union of one `(title:w^1.5 OR text:w)` union per
-/// word. tantivy runs block-max WAND (skipping postings blocks that cannot reach the
-/// top `n`) only over a union whose every clause is a term query, so this lifts each
-/// word's two term queries into the outer union: the same clauses, summed the same way,
-/// so the same scores up to float summation order (the eval numbers are unchanged).
-/// Measured on the full corpus: BM25 p50 about 13% lower, p99 higher (WAND's pivoting
-/// costs more on a few queries; `docs/BENCHMARKS.md`, session 6). Any other shape (a
-/// phrase from `AI's`, a `field:` term, a `+`/`-` clause) is kept as parsed.
-fn flatten_words(q: Box<dyn Query>, f: &Fields) -> Box<dyn Query> {
-    let Some(outer) = q.downcast_ref::<BooleanQuery>() else {
-        return q;
+/// The analyzer tantivy registers as `en_stem` (used if the index lacks it, which an
+/// index made by [`schema`] never does).
+pub(crate) fn stem_analyzer() -> tantivy::tokenizer::TextAnalyzer {
+    use tantivy::tokenizer::{
+        Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, TextAnalyzer,
     };
-    if outer.clauses().iter().any(|(o, _)| *o != Occur::Should) {
-        return q;
-    }
-    let mut flat: Vec<(Occur, Box<dyn Query>)> = Vec::with_capacity(2 * outer.clauses().len());
-    for (_, sub) in outer.clauses() {
-        match word_term(sub.as_ref(), f) {
-            Some(word) => {
-                let title = Term::from_field_text(f.title, &word);
-                let text = Term::from_field_text(f.text, &word);
-                flat.push((
-                    Occur::Should,
-                    Box::new(BoostQuery::new(
-                        Box::new(TermQuery::new(title, IndexRecordOption::WithFreqs)),
-                        TITLE_BOOST,
-                    )),
-                ));
-                flat.push((
-                    Occur::Should,
-                    Box::new(TermQuery::new(text, IndexRecordOption::WithFreqs)),
-                ));
-            }
-            None => flat.push((Occur::Should, sub.box_clone())),
-        }
-    }
-    Box::new(BooleanQuery::new(flat))
-}
-
-/// The word of a `(title:w^1.5 OR text:w)` union as the parser builds it for one query
-/// word, or `None` for any other query.
-fn word_term(q: &dyn Query, f: &Fields) -> Option<String> {
-    let b = q.downcast_ref::<BooleanQuery>()?;
-    if b.clauses().len() != 2 || b.clauses().iter().any(|(o, _)| *o != Occur::Should) {
-        return None;
-    }
-    let mut terms = Vec::new();
-    let mut positional = false;
-    q.query_terms(&mut |t, pos| {
-        positional |= pos;
-        terms.push(t.clone());
-    });
-    let [a, b] = terms.as_slice() else {
-        return None;
-    };
-    let (va, vb) = (a.value(), b.value());
-    let (ta, tb) = (va.as_str()?, vb.as_str()?);
-    (!positional && a.field() == f.title && b.field() == f.text && ta == tb).then(|| ta.to_string())
+    TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(40))
+        .filter(LowerCaser)
+        .filter(Stemmer::new(Language::English))
+        .build()
 }
 
 #[cfg(test)]
@@ -312,16 +306,78 @@ mod query_tests {
         );
         // Two term queries per word (title boosted, text), nothing else.
         assert_eq!(q.matches("TermQuery").count(), 8, "{q}");
-        assert_eq!(q.matches("boost=1.5").count(), 4, "{q}");
-        assert!(q.contains("\"hack\""), "stemmed as before: {q}");
+        assert_eq!(q.matches("boost=0.4").count(), 4, "{q}");
+        assert!(q.contains("\"hack\""), "stemmed: {q}");
     }
 
     #[test]
-    fn phrases_and_field_terms_keep_their_shape() {
-        let q = shown("the AI's goals");
-        assert!(q.contains("PhraseQuery"), "{q}");
-        assert_eq!(q.matches("TermQuery").count(), 4, "{q}");
-        let q = shown("+reward -hacking");
-        assert!(q.contains("Must") && q.contains("MustNot"), "{q}");
+    fn query_syntax_characters_are_plain_text() {
+        // The grammar would make phrases of `AI's` and `non-robust`, a MustNot of
+        // `-hacking`, a field lookup of `Specifically:`; here every word is one optional term.
+        let q = shown("the AI's goals: +reward -hacking (non-robust) \"learning to learn\"");
+        assert!(!q.contains("PhraseQuery"), "{q}");
+        assert!(!q.contains("Must"), "{q}");
+        assert_eq!(q.matches("TermQuery").count(), 2 * 11, "{q}");
+        for w in ["\"goal\"", "\"hack\"", "\"non\"", "\"robust\"", "\"learn\""] {
+            assert!(q.contains(w), "{w} in {q}");
+        }
+        assert_eq!(shown("?! -- :").matches("TermQuery").count(), 0);
+    }
+
+    /// Chunk texts under `title`, searched for `query`: titles best first.
+    fn ranked(docs: &[(&str, &str)], query: &str) -> Vec<String> {
+        let (schema, f) = schema();
+        let index = tantivy::Index::create_in_ram(schema);
+        let mut w = index.writer(15_000_000).expect("writer");
+        for (row, (title, text)) in docs.iter().enumerate() {
+            let meta = crate::DocMeta {
+                id: format!("d{row}"),
+                title: (*title).to_string(),
+                ..crate::DocMeta::default()
+            };
+            w.add_document(chunk_doc(&f, &meta, text, &[], row as u64))
+                .expect("add");
+        }
+        w.commit().expect("commit");
+        let searcher = index.reader().expect("reader").searcher();
+        let top = searcher
+            .search(
+                &text_query(&index, &f, query),
+                &tantivy::collector::TopDocs::with_limit(10),
+            )
+            .expect("search");
+        top.iter()
+            .map(|(_, a)| docs[a.doc_id as usize].0.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn title_words_do_not_outweigh_the_described_body() {
+        // A query naming three words of one title and four words of another document's
+        // body: the body describes what is asked. With the old title boost (1.5) the
+        // title's three short-field matches won (16.7 against 13.0 by the BM25 formula).
+        let filler = "notes about learning systems and how their evaluation methods were \
+                      designed, with results reported over several benchmark tasks and seeds";
+        let mut docs = vec![
+            (
+                "The Off-Switch Game",
+                "A decision problem between a human and a robot about deference, \
+                 with results reported over several benchmark tasks and seeds.",
+            ),
+            (
+                "AI Safety Gridworlds",
+                "Simple environments that test whether an agent can be interrupted, \
+                 avoids tampering with its reward, and behaves the same when its \
+                 supervisor is absent.",
+            ),
+        ];
+        docs.extend((0..30).map(|_| ("Notes on learning systems and their evaluation", filler)));
+        let top = ranked(&docs, "switch off game interrupted tampering reward absent");
+        assert_eq!(top[0], "AI Safety Gridworlds", "{top:?}");
+        // A query that is the title still finds it first.
+        assert_eq!(
+            ranked(&docs, "the off switch game")[0],
+            "The Off-Switch Game"
+        );
     }
 }

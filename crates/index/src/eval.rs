@@ -1,6 +1,10 @@
 //! Retrieval evaluation on BEIR-format files: queries JSONL (`{"_id","text"}`) and
 //! qrels TSV (`query-id<TAB>corpus-id<TAB>score`, header line). Metrics: nDCG@10
 //! (graded gains, log2 discount), MRR@10, Recall@1/10/100.
+//!
+//! A negative score marks a document as *excluded* for that query: it is removed from
+//! the ranking before scoring (neither relevant nor a miss). Known-item sets use it for
+//! the record the query was cut from (`eval/retrieval/known_item.py`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,7 +21,8 @@ pub struct Query {
     pub text: String,
 }
 
-/// Relevance judgements: query id -> (doc id -> grade > 0).
+/// Relevance judgements: query id -> (doc id -> grade). Grade > 0: relevant;
+/// grade < 0: excluded from the ranking (see the module docs). Grade 0 is not stored.
 pub type Qrels = HashMap<String, HashMap<String, f64>>;
 
 /// Mean metrics over the judged queries.
@@ -70,7 +75,8 @@ pub fn read_queries(path: &Path) -> Result<Vec<Query>> {
     Ok(out)
 }
 
-/// Read BEIR qrels (TSV with a header line; grades <= 0 are not relevant).
+/// Read BEIR qrels (TSV with a header line). Grade 0 rows are dropped (not relevant);
+/// negative grades are kept as exclusions.
 pub fn read_qrels(path: &Path) -> Result<Qrels> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
     let mut q: Qrels = HashMap::new();
@@ -97,7 +103,7 @@ pub fn read_qrels(path: &Path) -> Result<Qrels> {
         let grade: f64 = cols[2]
             .parse()
             .map_err(|_| bad(format!("bad score {:?}", cols[2])))?;
-        if grade > 0.0 {
+        if grade != 0.0 {
             q.entry(cols[0].to_string())
                 .or_default()
                 .insert(cols[1].to_string(), grade);
@@ -106,12 +112,27 @@ pub fn read_qrels(path: &Path) -> Result<Qrels> {
     Ok(q)
 }
 
-/// Per-query metrics for a ranked list of document ids.
+/// Number of documents `rel` excludes from the ranking (grade < 0).
+fn excluded(rel: &HashMap<String, f64>) -> usize {
+    rel.values().filter(|g| **g < 0.0).count()
+}
+
+/// Per-query metrics for a ranked list of document ids. Documents `rel` grades below 0
+/// are removed from `ranked` first; only grades above 0 count as relevant.
 pub fn score_one(ranked: &[String], rel: &HashMap<String, f64>) -> Metrics {
+    let ranked: Vec<&String> = ranked
+        .iter()
+        .filter(|id| rel.get(*id).is_none_or(|g| *g >= 0.0))
+        .collect();
+    let rel: HashMap<&String, f64> = rel
+        .iter()
+        .filter(|(_, g)| **g > 0.0)
+        .map(|(d, g)| (d, *g))
+        .collect();
     let mut dcg = 0.0;
     let mut rr = 0.0;
     for (i, id) in ranked.iter().take(10).enumerate() {
-        if let Some(&g) = rel.get(id) {
+        if let Some(&g) = rel.get(*id) {
             dcg += (2f64.powf(g) - 1.0) / ((i + 2) as f64).log2();
             if rr == 0.0 {
                 rr = 1.0 / (i + 1) as f64;
@@ -161,7 +182,9 @@ pub struct EvalOptions {
 /// does: the @1 and @10 metrics (and the latency) from a k = 10 search, Recall@100 from a
 /// k = 100 search. Two searches, because a k = 100 search fuses more candidates
 /// ([`SearchRequest::depth`] is a floor, raised to 4·k) and could rank the top 10
-/// differently from the k = 10 search a user runs.
+/// differently from the k = 10 search a user runs. A query's excluded documents
+/// (grade < 0) are searched for too (k raised by their number) and dropped before
+/// scoring; a query without a relevant document (grade > 0) is skipped.
 pub fn evaluate(
     index: &Index,
     queries: &[Query],
@@ -180,6 +203,10 @@ pub fn evaluate(
         let Some(rel) = qrels.get(&q.id) else {
             continue;
         };
+        if !rel.values().any(|g| *g > 0.0) {
+            continue;
+        }
+        let extra = excluded(rel);
         let request = |k: usize| {
             let mut req = SearchRequest::new(q.text.clone(), k);
             req.mode = mode;
@@ -190,7 +217,7 @@ pub fn evaluate(
         let ids = |req: &SearchRequest| -> Result<Vec<String>> {
             Ok(index.search(req)?.into_iter().map(|h| h.id).collect())
         };
-        let top10 = request(10);
+        let top10 = request(10 + extra);
         let t = std::time::Instant::now();
         let ranked10 = ids(&top10)?;
         lat.push(t.elapsed().as_secs_f64() * 1e3);
@@ -204,7 +231,7 @@ pub fn evaluate(
         sum.mrr10 += m.mrr10;
         sum.recall1 += m.recall1;
         sum.recall10 += m.recall10;
-        sum.recall100 += score_one(&ids(&request(100))?, rel).recall100;
+        sum.recall100 += score_one(&ids(&request(100 + extra))?, rel).recall100;
         sum.queries += 1;
     }
     let n = sum.queries.max(1) as f64;
@@ -244,6 +271,24 @@ mod tests {
     }
 
     #[test]
+    fn excluded_documents_leave_the_ranking() {
+        // "src" (grade -1) is the record the query was cut from: dropping it moves the
+        // target from rank 2 to rank 1; it is not counted as relevant either.
+        let rel: HashMap<String, f64> = [("t".to_string(), 1.0), ("src".to_string(), -1.0)].into();
+        let ranked: Vec<String> = ["src", "t"].iter().map(|s| s.to_string()).collect();
+        let m = score_one(&ranked, &rel);
+        assert_eq!((m.mrr10, m.recall1, m.ndcg10), (1.0, 1.0, 1.0));
+        // Eleven results with the excluded one first still leave ten to score.
+        let mut ranked: Vec<String> = (0..10).map(|i| format!("x{i}")).collect();
+        ranked.insert(0, "src".into());
+        ranked.push("t".into());
+        assert_eq!(score_one(&ranked, &rel).recall10, 0.0);
+        ranked.remove(10); // x9: now the target is the tenth once "src" is dropped
+        let m = score_one(&ranked, &rel);
+        assert_eq!((m.recall10, m.mrr10), (1.0, 0.1));
+    }
+
+    #[test]
     fn beir_files() {
         let d = tempfile::tempdir().expect("tmp");
         let q = d.path().join("q.jsonl");
@@ -259,12 +304,16 @@ mod tests {
         let r = d.path().join("r.tsv");
         std::fs::write(
             &r,
-            "query-id\tcorpus-id\tscore\n1\tdocA\t1\n1\tdocB\t0\n2\tdocC\t2\n",
+            "query-id\tcorpus-id\tscore\n1\tdocA\t1\n1\tdocB\t0\n2\tdocC\t2\n2\tdocD\t-1\n",
         )
         .expect("w");
         let qr = read_qrels(&r).expect("qrels");
         assert_eq!(qr["1"].len(), 1);
         assert_eq!(qr["2"]["docC"], 2.0);
+        assert_eq!(
+            qr["2"]["docD"], -1.0,
+            "negative grades are kept as exclusions"
+        );
         std::fs::write(&r, "query-id\tcorpus-id\tscore\n1\tdocA\n").expect("w");
         assert!(read_qrels(&r).unwrap_err().to_string().contains(":2:"));
     }

@@ -827,6 +827,67 @@ mod tests {
     }
 
     #[test]
+    fn rerank_demotes_a_note_and_is_off_by_default() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let data = tmp.path().join("data");
+        let lines = vec![
+            rec(
+                "note",
+                "Reward hacking",
+                "Reward hacking, reward hacking: I'm not going to summarize it.",
+                "",
+            ),
+            rec(
+                "content",
+                "Specification gaming examples",
+                "A list of cases of reward hacking where agents exploit a flawed reward, such \
+                 as a boat that circles to collect points instead of finishing the race.",
+                "",
+            ),
+            rec(
+                "other",
+                "Interpretability",
+                "Feature visualisation of neurons in vision models and what they detect.",
+                "",
+            ),
+        ];
+        let f = jsonl(tmp.path(), "x.jsonl", &lines);
+        ingest(&data, &[f], emb(), &IngestOptions::default(), &NoProgress).expect("ingest");
+        let idx = Index::open(&data, emb()).expect("open");
+        let ids = |r: &SearchRequest| -> Vec<String> {
+            idx.search(r)
+                .expect("search")
+                .into_iter()
+                .map(|h| h.id)
+                .collect()
+        };
+        let mut r = SearchRequest::new("reward hacking", 3);
+        assert!(r.rerank.is_off(), "off by default");
+        assert_eq!(ids(&r)[0], "note", "fused order puts the note first");
+        r.rerank = crate::Rerank {
+            depth: 10,
+            quality: 5.0,
+            ..crate::Rerank::OFF
+        };
+        let got = ids(&r);
+        assert_eq!(got[0], "content", "{got:?}");
+        assert_eq!(got.last().map(String::as_str), Some("note"), "{got:?}");
+        let feats = idx.rerank_candidates(&r).expect("features");
+        let pen = |id: &str| {
+            feats
+                .iter()
+                .find(|f| f.id == id)
+                .expect("candidate")
+                .penalty
+        };
+        assert_eq!((pen("note"), pen("content")), (1.0, 0.0));
+        // Reranking is for hybrid document results only.
+        r.mode = Mode::Bm25;
+        assert_eq!(ids(&r)[0], "note");
+        assert!(idx.rerank_candidates(&r).expect("features").is_empty());
+    }
+
+    #[test]
     fn incremental_update_prune_and_search() {
         let tmp = tempfile::tempdir().expect("tmp");
         let data = tmp.path().join("data");

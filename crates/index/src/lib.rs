@@ -14,6 +14,7 @@ pub mod eval;
 mod fusion;
 mod hnsw;
 mod ingest;
+mod rerank;
 mod search;
 mod source;
 mod store;
@@ -29,6 +30,7 @@ pub use ingest::{
     INGEST_STAGES, IngestOptions, IngestSummary, NoProgress, Progress, RemoveSummary, RemovedDoc,
     ingest, remove_documents,
 };
+pub use rerank::{DEFAULT_RERANK, Rerank, RerankFeatures, quality_penalty};
 pub use search::{
     DEFAULT_DEPTH, Document, Filters, Index, IndexStats, MAX_K, MAX_QUERY_CHARS, Mode, Passage,
     SearchHit, SearchRequest, StageTimes, highlight_spans, truncate_query,

@@ -1,6 +1,7 @@
 //! Opening a data directory for search: a consistent snapshot of the committed
 //! generation (tantivy searcher + memory-mapped vectors and records), BM25, dense and
-//! hybrid search with filters, document-level aggregation and passages.
+//! hybrid search with filters, document-level aggregation, reranking of hybrid
+//! document results (`rerank.rs`) and passages.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -16,6 +17,7 @@ use tantivy::{IndexReader, ReloadPolicy, Searcher};
 use crate::bm25::{self, Fields};
 use crate::embed::Team;
 use crate::fusion::{self, Fusion};
+use crate::rerank::{self, Rerank, RerankFeatures};
 use crate::store::{self, ChunkRec, DocRec, IndexInfo, Manifest, StoredDoc};
 use crate::vectors::{self, Scored};
 use crate::{DocMeta, Embedder, Error, Result};
@@ -100,6 +102,10 @@ pub struct SearchRequest {
     /// that fused scores, and hence the top results, do not depend on `k`.
     #[serde(default = "default_depth")]
     pub depth: usize,
+    /// Second stage of hybrid document-level search ([`Rerank`]; [`Rerank::OFF`] keeps the
+    /// fused order). Ignored by BM25 and dense search and by chunk-level results.
+    #[serde(default)]
+    pub rerank: Rerank,
 }
 
 /// Default [`SearchRequest::depth`], chosen on the dev half of `eval/retrieval`.
@@ -120,6 +126,7 @@ impl SearchRequest {
             filters: Filters::default(),
             chunk_level: false,
             depth: DEFAULT_DEPTH,
+            rerank: Rerank::default(),
         }
     }
 }
@@ -227,6 +234,8 @@ pub struct StageTimes {
     pub dense_us: f64,
     /// Fusion and document-level aggregation.
     pub fusion_us: f64,
+    /// Reranking of hybrid document results (sentence and title embeddings included).
+    pub rerank_us: f64,
     /// Reading passages and document records of the hits.
     pub assemble_us: f64,
 }
@@ -676,6 +685,26 @@ impl Index {
     /// [`Index::search`], also returning how long each stage took (for benchmarks;
     /// `examples/search_latency.rs`).
     pub fn search_timed(&self, req: &SearchRequest) -> Result<(Vec<SearchHit>, StageTimes)> {
+        self.search_inner(req, None)
+    }
+
+    /// What the reranker measures on the candidates of a hybrid document-level search
+    /// (the top `req.rerank.depth` fused documents, in fused order), for tuning its
+    /// weights offline (`examples/run_queries.rs --features`). Empty for other modes,
+    /// chunk-level requests and `depth` 0.
+    ///
+    /// Errors: as [`Index::search`].
+    pub fn rerank_candidates(&self, req: &SearchRequest) -> Result<Vec<RerankFeatures>> {
+        let mut out = Vec::new();
+        self.search_inner(req, Some(&mut out))?;
+        Ok(out)
+    }
+
+    fn search_inner(
+        &self,
+        req: &SearchRequest,
+        features: Option<&mut Vec<RerankFeatures>>,
+    ) -> Result<(Vec<SearchHit>, StageTimes)> {
         let mut times = StageTimes::default();
         let mut clock = std::time::Instant::now();
         let mut lap = || {
@@ -714,11 +743,11 @@ impl Index {
             let bm = s.bm25(query, filter_q.as_ref().map(|q| q.box_clone()), n)?;
             Ok((bm, t.elapsed().as_secs_f64() * 1e6))
         };
-        let (bm, de) = if req.mode == Mode::Bm25 {
+        let (bm, de, qv) = if req.mode == Mode::Bm25 {
             let (bm, us) = bm25()?;
             times.bm25_us = us;
             lap();
-            (bm, Vec::new())
+            (bm, Vec::new(), Vec::new())
         } else {
             // Hybrid: BM25 runs on the query team's helper thread while this thread starts
             // embedding the query (the team's first matmuls then run here alone; see
@@ -730,7 +759,8 @@ impl Index {
                     bm_out = Some(bm25());
                 }
             };
-            let de = Team::run_with_side(side, |team| -> Result<Vec<(u32, f32)>> {
+            type Dense = (Vec<(u32, f32)>, Vec<f32>);
+            let (de, qv) = Team::run_with_side(side, |team| -> Result<Dense> {
                 let allowed = match &filter_q {
                     Some(q) => Some(s.rows_matching(q.as_ref())?),
                     None => None,
@@ -751,7 +781,7 @@ impl Index {
                 }
                 let found = s.dense(&qv, allowed.as_deref(), n, Some(team));
                 times.dense_us = lap();
-                Ok(found)
+                Ok((found, qv))
             })?;
             let bm = match bm_out {
                 Some(r) => {
@@ -761,7 +791,7 @@ impl Index {
                 }
                 None => Vec::new(),
             };
-            (bm, de)
+            (bm, de, qv)
         };
         let recs = s.chunk_recs();
         let doc_of = |row: u32| recs.get(row as usize).map_or(u32::MAX, |r| r.doc);
@@ -788,12 +818,28 @@ impl Index {
             for &(row, _) in &chunk_scores {
                 best.entry(doc_of(row)).or_insert(row);
             }
+            let mut docs: Vec<(u32, u32, f32)> = docs
+                .into_iter()
+                .filter_map(|(d, score)| best.get(&d).map(|&row| (d, row, score)))
+                .collect();
+            times.fusion_us = lap();
+            if req.mode == Mode::Hybrid && !req.rerank.is_off() && !qv.is_empty() {
+                let n = req.rerank.depth.min(docs.len());
+                let found = self.rerank_features(&s, query, &qv, &docs[..n])?;
+                match features {
+                    Some(out) => *out = found,
+                    None => rerank::reorder(&mut docs, &found, &req.rerank),
+                }
+                times.rerank_us = lap();
+            }
             docs.into_iter()
                 .take(k)
-                .filter_map(|(d, score)| best.get(&d).map(|&row| (row, score)))
+                .map(|(_, row, score)| (row, score))
                 .collect()
         };
-        times.fusion_us = lap();
+        if req.chunk_level {
+            times.fusion_us = lap();
+        }
         let mut hits = Vec::with_capacity(ranked.len());
         for (row, score) in ranked {
             let (doc, passage) = s.passage(row)?;
@@ -812,6 +858,104 @@ impl Index {
         times.assemble_us = lap();
         Ok((hits, times))
     }
+
+    /// [`RerankFeatures`] of `docs` (document, its best chunk's row, fused score), in
+    /// order: one embedder call for the sentences of every passage and every title.
+    fn rerank_features(
+        &self,
+        s: &Snapshot,
+        query: &str,
+        qv: &[f32],
+        docs: &[(u32, u32, f32)],
+    ) -> Result<Vec<RerankFeatures>> {
+        let fused = rerank::min_max(&docs.iter().map(|d| d.2).collect::<Vec<_>>());
+        let analyzer = s.tantivy.tokenizer_for_field(s.fields.text).ok();
+        let query_words = content_words(analyzer.clone(), query);
+        let mut texts: Vec<String> = Vec::new();
+        let mut spans = Vec::with_capacity(docs.len());
+        let mut items = Vec::with_capacity(docs.len());
+        for &(d, row, _) in docs {
+            let (_, passage) = s.passage(row)?;
+            let meta: HitMeta = s.doc_as(d)?;
+            let start = texts.len();
+            texts.extend(
+                rerank::sentences(&passage.text)
+                    .into_iter()
+                    .map(String::from),
+            );
+            spans.push(start..texts.len());
+            let mut title = meta.title.trim().to_string();
+            for h in &passage.heading_path {
+                if !title.is_empty() {
+                    title.push_str(" / ");
+                }
+                title.push_str(h);
+            }
+            items.push((meta.id, title, passage.text));
+        }
+        let first_title = texts.len();
+        texts.extend(items.iter().map(|(_, t, _)| t.clone()));
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let vecs = self.embedder.embed(&refs)?;
+        if vecs.len() != refs.len() {
+            return Err(Error::Embedding(format!(
+                "embedder returned {} vectors for {} texts",
+                vecs.len(),
+                refs.len()
+            )));
+        }
+        Ok(items
+            .into_iter()
+            .zip(spans)
+            .enumerate()
+            .map(|(i, ((id, title, text), span))| {
+                let sentence = vecs[span]
+                    .iter()
+                    .map(|v| rerank::cos(qv, v))
+                    .fold(0.0f32, f32::max);
+                let title_sim = if title.is_empty() {
+                    0.0
+                } else {
+                    rerank::cos(qv, &vecs[first_title + i])
+                };
+                let title_words = content_words(analyzer.clone(), &title);
+                RerankFeatures {
+                    id,
+                    fused: fused[i],
+                    sentence,
+                    title: title_sim,
+                    title_words: rerank::title_overlap(&query_words, &title_words),
+                    penalty: rerank::quality_penalty(&text),
+                }
+            })
+            .collect())
+    }
+}
+
+/// Very common words (after English stemming: "does" is "doe"), left out of highlights
+/// and of the reranker's title-word overlap.
+const STOPWORDS: &[&str] = &[
+    "a", "an", "and", "are", "as", "at", "be", "by", "do", "for", "from", "how", "in", "is", "it",
+    "of", "on", "or", "that", "the", "this", "to", "was", "what", "when", "which", "who", "why",
+    "with", "doe", "can", "i", "we", "you",
+];
+
+/// Distinct stemmed words of `text` that are not [`STOPWORDS`], under `analyzer` (the
+/// index's text analyzer; tantivy's `en_stem` chain when `None`).
+fn content_words(
+    analyzer: Option<tantivy::tokenizer::TextAnalyzer>,
+    text: &str,
+) -> rustc_hash::FxHashSet<String> {
+    let mut analyzer = analyzer.unwrap_or_else(bm25::stem_analyzer);
+    let mut out = rustc_hash::FxHashSet::default();
+    let mut ts = analyzer.token_stream(text);
+    while ts.advance() {
+        let t = &ts.token().text;
+        if !STOPWORDS.contains(&t.as_str()) {
+            out.insert(t.clone());
+        }
+    }
+    out
 }
 
 /// Byte ranges of the words in `text` that match a query term (after English
@@ -820,11 +964,6 @@ pub fn highlight_spans(query: &str, text: &str) -> Vec<Range<usize>> {
     use tantivy::tokenizer::{
         Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, TextAnalyzer,
     };
-    const STOP: &[&str] = &[
-        "a", "an", "and", "are", "as", "at", "be", "by", "do", "for", "from", "how", "in", "is",
-        "it", "of", "on", "or", "that", "the", "this", "to", "was", "what", "when", "which", "who",
-        "why", "with", "doe", "can", "i", "we", "you",
-    ];
     let mut analyzer = TextAnalyzer::builder(SimpleTokenizer::default())
         .filter(RemoveLongFilter::limit(40))
         .filter(LowerCaser)
@@ -836,7 +975,7 @@ pub fn highlight_spans(query: &str, text: &str) -> Vec<Range<usize>> {
         let mut ts = analyzer.token_stream(query);
         while ts.advance() {
             let t = &ts.token().text;
-            if !STOP.contains(&t.as_str()) {
+            if !STOPWORDS.contains(&t.as_str()) {
                 terms.insert(t.clone());
             }
         }

@@ -113,6 +113,7 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
         },
         chunk_level: a.chunks,
         depth: a.depth,
+        ..SearchRequest::new(a.query.clone(), a.k)
     };
     let hits = index.search(&req)?;
     if a.json {
