@@ -24,7 +24,7 @@ use crate::grounding::{GroundingConfig, SentenceSupport};
 use crate::prompt::{self, ABSTAIN_ANSWER, FALLBACK_LABEL, Mode};
 use crate::quality::{self, Junk};
 use crate::retrieve::{Query, Retriever, Source};
-use crate::text::{content_words, lexical_overlap, sentences, truncate_bytes};
+use crate::text::{content_words, dot, lexical_overlap, sentences, truncate_bytes};
 use crate::{Error, Result, citations};
 
 /// The longest question accepted, in characters.
@@ -251,10 +251,6 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
 /// The abstention text: what is missing, and what the sources cover instead.
 fn abstain_text(missing: &[String], sources: &[Source]) -> String {
     let mut out = ABSTAIN_ANSWER.to_string();
@@ -391,8 +387,7 @@ impl<'a> Writer<'a> {
             let sim = vec
                 .as_ref()
                 .map(|v| e.vectors.iter().map(|u| dot(v, u)).fold(f32::MIN, f32::max));
-            let ok = overlap >= self.cfg.min_overlap
-                || sim.is_some_and(|s| s >= self.cfg.min_similarity);
+            let ok = self.cfg.supports(sim, overlap);
             scored.push(((i + 1) as u32, sim, overlap, ok));
         }
         self.grounding += t.elapsed();

@@ -16,7 +16,7 @@ use overseer_index::Embedder;
 
 use crate::Result;
 use crate::retrieve::Source;
-use crate::text::{content_words, lexical_overlap, sentences};
+use crate::text::{content_words, dot, lexical_overlap, sentences};
 
 /// How much evidence to give the model.
 #[derive(Debug, Clone)]
@@ -116,10 +116,6 @@ struct Candidate {
     score: f32,
     vec: Option<Vec<f32>>,
     words: std::collections::HashSet<String>,
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// Pick evidence for `question` from `hits` (ranked passages, several per document

@@ -12,8 +12,9 @@ use serde::Serialize;
 
 use crate::Result;
 use crate::citations;
+use crate::quality::strip_citations;
 use crate::retrieve::Source;
-use crate::text::{content_words, lexical_overlap, sentences};
+use crate::text::{content_words, dot, lexical_overlap, sentences};
 
 /// Thresholds for calling a sentence supported.
 #[derive(Debug, Clone, Copy)]
@@ -24,6 +25,14 @@ pub struct GroundingConfig {
     /// Share of content words found in the passage at or above which a sentence is
     /// supported.
     pub min_overlap: f32,
+}
+
+impl GroundingConfig {
+    /// Whether a sentence with this similarity (when an embedder was used) and
+    /// lexical overlap to a piece of evidence is supported by it.
+    pub fn supports(&self, similarity: Option<f32>, overlap: f32) -> bool {
+        overlap >= self.min_overlap || similarity.is_some_and(|s| s >= self.min_similarity)
+    }
 }
 
 impl Default for GroundingConfig {
@@ -48,21 +57,6 @@ pub struct SentenceSupport {
     pub scores: Vec<(u32, Option<f32>, f32, bool)>,
     /// Whether at least one cited passage supports the sentence.
     pub supported: bool,
-}
-
-fn strip_marks(sentence: &str) -> String {
-    let mut out = String::new();
-    let mut last = 0;
-    for m in citations::parse(sentence) {
-        out.push_str(&sentence[last..m.start]);
-        last = m.end;
-    }
-    out.push_str(&sentence[last..]);
-    out.trim().to_string()
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// Check every sentence of `answer` that cites one of `sources` (numbered from 1).
@@ -97,7 +91,7 @@ pub fn check(
             start: s.start,
             end: s.end,
             text: s.text.to_string(),
-            claim: strip_marks(s.text),
+            claim: strip_citations(s.text).trim().to_string(),
             cites,
         });
     }
@@ -161,7 +155,7 @@ pub fn check(
                     .map(|u| dot(&claims[i], u))
                     .fold(f32::MIN, f32::max)
             });
-            let ok = overlap >= cfg.min_overlap || sim.is_some_and(|s| s >= cfg.min_similarity);
+            let ok = cfg.supports(sim, overlap);
             scores.push((n, sim, overlap, ok));
         }
         let supported = scores.iter().any(|s| s.3);

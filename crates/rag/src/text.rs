@@ -230,6 +230,11 @@ pub(crate) fn lexical_overlap(claim: &HashSet<String>, evidence: &HashSet<String
     hit as f32 / claim.len() as f32
 }
 
+/// Dot product (cosine similarity of two L2-normalised embeddings).
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
 /// The longest prefix of `s` with at most `max_bytes` bytes ending on a char boundary.
 pub(crate) fn truncate_bytes(s: &str, max_bytes: usize) -> &str {
     if s.len() <= max_bytes {
