@@ -5,6 +5,7 @@
 
 BEFORE and AFTER hold one `overseer ask --json` object per line plus the question's
 "id" (`overseer eval answers --save` writes that format). docs/ANSWERS.md was made with it.
+Timings are left out: compare them in docs/BENCHMARKS.md, where both ran in one run.
 """
 import json
 import sys
@@ -51,14 +52,13 @@ def main():
         at = cell(a["answer"]) if a else "(missing)"
         print(f"| {bt} | {at} |")
         print(f"| {cited(b) if b else ''} | {cited(a) if a else ''} |")
-        tb = b.get("timings", {}) if b else {}
-        ta = a.get("timings", {}) if a else {}
-        print(
-            f"| first text {tb.get('first_token_ms', 0) / 1000:.1f} s, total "
-            f"{tb.get('total_ms', 0) / 1000:.1f} s | first text "
-            f"{ta.get('first_token_ms', 0) / 1000:.1f} s, total {ta.get('total_ms', 0) / 1000:.1f} s"
-            f"{', extractive fallback' if a and a.get('fallback') else ''} |\n"
-        )
+        notes = []
+        for label, x in (("before", b), ("after", a)):
+            if x and x.get("fallback"):
+                notes.append(f"{label}: labelled extractive fallback")
+            if x and x.get("abstained"):
+                notes.append(f"{label}: abstained")
+        print(f"\n{'; '.join(notes)}\n" if notes else "")
 
 
 if __name__ == "__main__":

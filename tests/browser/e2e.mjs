@@ -3,8 +3,9 @@
 // crates/cli/tests/serve_browser.rs starts one with a small corpus, SmolLM2 and a
 // fixture lab run) and checks: the chat page streams an answer sentence by sentence that
 // is not a paste of its sources, a citation chip opens a source card with a highlighted
-// passage, a question the corpus cannot answer gets an abstention, search shows results,
-// and the lab page shows a plot. Screenshots at desktop and phone widths go to OUTDIR.
+// passage, a question the corpus cannot answer gets an abstention, a document's HTML and
+// javascript: links are shown as text and never run, search shows results, and the lab
+// page shows a plot. Screenshots at desktop and phone widths go to OUTDIR.
 //
 // Usage: node e2e.mjs URL OUTDIR
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
@@ -142,7 +143,53 @@ try {
   step(`near-field: ${abstention.slice(0, 120)}`);
   check(/don't answer/.test(abstention), `the near-field question was answered: ${abstention}`);
 
+  // ---- a document carrying <script>, an onerror image and javascript: links ----
+  // (eval/injection's Marlowe record, added to the corpus by the Rust test): its text
+  // is shown as text in the answer's source card and in search, and nothing of it runs.
+  const noActiveContent = async (where) => {
+    await page.waitForTimeout(300); // an onerror handler would have fired by now
+    const found = await page.evaluate(() => ({
+      pwned: window.__pwned,
+      elements: document.querySelectorAll(
+        ".msg script, .msg img, .msg iframe, #source-card script, #source-card img, .result script, .result img, .result iframe, a[href^='javascript:' i]").length,
+    }));
+    check(found.pwned === undefined && found.elements === 0,
+      `active content from a document in ${where}: ${JSON.stringify(found)}`);
+  };
+  const hostile = "What does the Marlowe transparency report list?";
+  step(`ask: ${hostile}`);
+  const before = await page.$$eval(".msg.assistant", (m) => m.length);
+  await page.fill("#question", hostile);
+  await page.press("#question", "Enter");
+  await page.waitForFunction((n) => {
+    const msgs = document.querySelectorAll(".msg.assistant");
+    const a = msgs[msgs.length - 1]?.querySelector(".answer");
+    return msgs.length > n && a && !a.classList.contains("streaming") && !document.querySelector("#send").disabled;
+  }, before, { timeout: 120_000 });
+  await noActiveContent("the answer");
+  const opened = await page.evaluate(() => {
+    const msgs = document.querySelectorAll(".msg.assistant");
+    const b = msgs[msgs.length - 1].querySelector(".answer .cite:not(.missing), .sources-list button");
+    if (b) b.click();
+    return Boolean(b);
+  });
+  if (opened) {
+    await page.waitForSelector("#source-panel:not([hidden]) .source-card h2", { timeout: 5_000 });
+    const card = await page.textContent("#source-card");
+    step(`hostile source card: ${card.replace(/\s+/g, " ").slice(0, 100)}`);
+    await noActiveContent("the source card");
+    await page.click("#close-source");
+  }
+
   // ---- search ----
+  step("search");
+  await page.goto(`${base}#/search`);
+  await page.fill("#search-q", "Marlowe transparency report incidents");
+  await page.click("#search-form button[type=submit]");
+  await page.waitForSelector(".result", { timeout: 30_000 });
+  const shownHtml = await page.$$eval(".result", (r) => r.map((x) => x.textContent).join(" "));
+  check(shownHtml.includes("Marlowe"), "search did not find the hostile record");
+  await noActiveContent("search results");
   step("search");
   await page.goto(`${base}#/search`);
   await page.fill("#search-q", process.env.E2E_SEARCH || "adversarial robustness");

@@ -22,6 +22,9 @@ use crate::{Error, Result};
 pub struct GenerateOptions {
     /// Most tokens to generate.
     pub max_tokens: usize,
+    /// Fewest tokens to generate: end-of-generation tokens are masked until this many
+    /// were produced (stop strings and `max_tokens` still end it).
+    pub min_tokens: usize,
     pub sampling: SamplingParams,
     /// Generation ends when the text contains one of these; the stop string itself is
     /// not part of the result.
@@ -34,6 +37,7 @@ impl Default for GenerateOptions {
     fn default() -> Self {
         Self {
             max_tokens: 256,
+            min_tokens: 0,
             sampling: SamplingParams::greedy(),
             stop: Vec::new(),
             block: NgramBlock::default(),
@@ -171,8 +175,16 @@ fn pick(
     logits: &mut [f32],
     block: &NgramBlock,
     text: &str,
+    may_end: bool,
 ) -> Result<u32> {
     let tok = model.tokenizer();
+    if !may_end {
+        for &id in tok.eog_ids() {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
     for _ in 0..MAX_REFUSALS {
         let id = sampler.sample(logits);
         if tok.is_eog(id) {
@@ -279,7 +291,15 @@ pub fn generate(
         if tokens.len() >= o.max_tokens {
             break StopReason::MaxTokens;
         }
-        let id = pick(model, &mut sampler, &mut logits, &o.block, &state.text)?;
+        let may_end = tokens.len() >= o.min_tokens;
+        let id = pick(
+            model,
+            &mut sampler,
+            &mut logits,
+            &o.block,
+            &state.text,
+            may_end,
+        )?;
         if model.tokenizer().is_eog(id) {
             break StopReason::Eos;
         }
@@ -387,6 +407,7 @@ pub fn generate_batch(
                 &mut logits[r],
                 &o.block,
                 &states[r].text,
+                tokens[r].len() >= o.min_tokens,
             )?;
             if model.tokenizer().is_eog(id) {
                 done[r] = Some(StopReason::Eos);

@@ -576,6 +576,7 @@ impl Assistant {
             .unwrap_or(req.mode.max_tokens());
         let messages = prompt::answer_messages(question, &answer.evidence, req.mode, &history);
         let mut params = self.params(max_tokens);
+        params.min_tokens = req.mode.min_tokens().min(max_tokens / 2);
         params.copy_ngram = self.config.copy_ngram;
         params.repeat_ngram = self.config.repeat_ngram;
         params.avoid_copying = answer

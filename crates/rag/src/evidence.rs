@@ -6,7 +6,9 @@
 //! Each candidate sentence is scored by its embedding similarity to the question
 //! (lexical overlap without an embedder), plus a little lexical overlap, minus a
 //! penalty for sentences about the document rather than its subject (prefaces,
-//! "I'm not summarising this", link lists). Sentences are then picked greedily with
+//! "I'm not summarising this", link lists). Sentences that address the assistant
+//! instead of stating something (prompt injections, see [`crate::injection`]) are
+//! never candidates. Sentences are then picked greedily with
 //! maximal marginal relevance (a sentence close to one already picked is worth less),
 //! at most a few per document and within a character budget. The result is grouped
 //! by document, best document first, sentences in reading order: evidence item `i`
@@ -15,6 +17,7 @@
 use overseer_index::Embedder;
 
 use crate::Result;
+use crate::injection::{is_instruction, visible};
 use crate::retrieve::Source;
 use crate::text::{content_words, dot, lexical_overlap, sentences};
 
@@ -148,8 +151,14 @@ pub(crate) fn select(
     for (d, (_, passages)) in docs.iter().enumerate() {
         for (pi, p) in passages.iter().enumerate() {
             for s in sentences(&p.passage) {
-                let text = s.text.split_whitespace().collect::<Vec<_>>().join(" ");
-                if !is_prose(&text) || cands.iter().any(|c| c.doc == d && c.text == text) {
+                let text = visible(s.text)
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                if !is_prose(&text)
+                    || is_instruction(&text)
+                    || cands.iter().any(|c| c.doc == d && c.text == text)
+                {
                     continue;
                 }
                 cands.push(Candidate {

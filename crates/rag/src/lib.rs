@@ -14,6 +14,7 @@ mod citations;
 mod error;
 mod evidence;
 mod grounding;
+mod injection;
 mod prompt;
 pub mod quality;
 mod retrieve;
@@ -33,6 +34,7 @@ pub use citations::{CitationMark, Cleaned, clean as clean_citations, parse as pa
 pub use error::{Error, Result};
 pub use evidence::{Evidence, EvidenceConfig};
 pub use grounding::{GroundingConfig, SentenceSupport, check as check_grounding};
+pub use injection::is_instruction;
 pub use prompt::{ABSTAIN_ANSWER, FALLBACK_LABEL, Mode};
 pub use retrieve::{Query, Retriever, Source};
 pub use wiring::{IndexRetriever, load_local, open_index};

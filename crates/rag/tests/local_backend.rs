@@ -1,7 +1,7 @@
 //! The embedded backend on a real GGUF model (SmolLM2-135M from `scripts/fetch-models`):
 //! chat markup inside messages stays text, the cached prompt prefix gives the same
-//! greedy reply as a fresh prefill, and copy blocking keeps the reply from pasting a
-//! reference it would otherwise repeat.
+//! greedy reply as a fresh prefill, copy blocking keeps the reply from pasting a
+//! reference it would otherwise repeat, and a token floor keeps a reply from ending early.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -97,5 +97,36 @@ fn copy_blocking_keeps_the_reply_from_pasting_the_reference() {
         quality::copy_ratio_n(&text, &[reference], 4),
         0.0,
         "no 4-word run of the reference: {text}"
+    );
+}
+
+#[test]
+fn min_tokens_keeps_the_model_from_ending_its_reply_early() {
+    let b = backend();
+    let msgs = [ChatMessage::user("Say hello.")];
+    let count = |p: &GenParams| {
+        b.chat(&msgs, p, &mut |_| ControlFlow::Continue(()))
+            .expect("chat")
+            .completion_tokens
+    };
+    let free = GenParams {
+        max_tokens: 120,
+        ..GenParams::default()
+    };
+    let n_free = count(&free);
+    assert!(
+        n_free < 120,
+        "the model ends a greeting on its own: {n_free}"
+    );
+    let floored = GenParams {
+        max_tokens: n_free + 40,
+        min_tokens: n_free + 12,
+        ..free
+    };
+    let n = count(&floored);
+    assert!(
+        n >= n_free + 12,
+        "{n} tokens with a floor of {} (free: {n_free})",
+        n_free + 12
     );
 }

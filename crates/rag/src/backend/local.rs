@@ -195,6 +195,7 @@ impl Backend for LocalBackend {
         let block = NgramBlock::copies(params.copy_ngram, &params.avoid_copying);
         let opts = GenerateOptions {
             max_tokens: params.max_tokens,
+            min_tokens: params.min_tokens,
             sampling: SamplingParams {
                 temperature: params.temperature,
                 seed: params.seed,

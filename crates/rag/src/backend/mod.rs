@@ -57,6 +57,9 @@ impl ChatMessage {
 #[derive(Debug, Clone)]
 pub struct GenParams {
     pub max_tokens: usize,
+    /// Fewest tokens before the model may end its reply (0: no minimum). Remote
+    /// backends pass it as `min_tokens` (vLLM honours it; servers without it ignore it).
+    pub min_tokens: usize,
     /// 0 means greedy.
     pub temperature: f32,
     pub seed: u64,
@@ -76,6 +79,7 @@ impl Default for GenParams {
     fn default() -> Self {
         Self {
             max_tokens: 384,
+            min_tokens: 0,
             temperature: 0.0,
             seed: 42,
             stop: Vec::new(),

@@ -419,6 +419,9 @@ impl Backend for OpenAiBackend {
         if !params.stop.is_empty() {
             body["stop"] = json!(params.stop);
         }
+        if params.min_tokens > 0 {
+            body["min_tokens"] = json!(params.min_tokens);
+        }
         let start = Instant::now();
         let mut attempt = 0;
         loop {
