@@ -60,6 +60,10 @@ fn main() -> ExitCode {
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     }
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // SAFETY: no other thread exists yet.
+        unsafe { sigpipe::default() };
+    }
     if matches!(
         cli.command,
         Command::Generate(_) | Command::Chat(_) | Command::Bench(_)
@@ -91,6 +95,32 @@ fn main() -> ExitCode {
             // One line: the error and its causes.
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Output piped into a reader that quits early (`overseer model info --json | head`):
+/// Rust ignores SIGPIPE, so the next write to stdout fails and `println!` panics.
+/// The commands restore the default action and end quietly, as other command-line
+/// tools do. The server keeps SIGPIPE ignored (a client closing its connection must
+/// not end it).
+mod sigpipe {
+    #[cfg(unix)]
+    unsafe extern "C" {
+        fn signal(signum: std::ffi::c_int, handler: usize) -> usize;
+    }
+
+    /// Restore SIGPIPE's default action.
+    ///
+    /// # Safety
+    /// Call before other threads exist (it changes the process's signal disposition).
+    pub(crate) unsafe fn default() {
+        #[cfg(unix)]
+        {
+            const SIGPIPE: std::ffi::c_int = 13;
+            const SIG_DFL: usize = 0;
+            // SAFETY: the caller guarantees no other thread runs; SIG_DFL is valid.
+            unsafe { signal(SIGPIPE, SIG_DFL) };
         }
     }
 }

@@ -242,3 +242,99 @@ fn kill_9_mid_ingest_keeps_previous_state_and_searches_keep_working() {
     let v = search_json(&data, &last_title, &["--mode", "bm25"]);
     assert_eq!(v["results"][0]["id"], id_of(&b[45]).as_str());
 }
+
+#[test]
+fn hostile_input_fails_alone_and_the_exit_code_says_when_nothing_was_ingested() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("data");
+    let src = tmp.path().join("in");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    // 40,000 nested elements overflowed the stack: the process aborted (134) and the
+    // good file of the same run was lost.
+    let deep = format!("{}x{}", "<div>".repeat(40_000), "</div>".repeat(40_000));
+    std::fs::write(src.join("deep.html"), &deep).expect("w");
+    std::fs::write(
+        src.join("good.txt"),
+        "Corrigibility\n\nAn agent that accepts correction.",
+    )
+    .expect("w");
+    // Two symbolic links reaching each other made the walk endless.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(".", src.join("self")).expect("link");
+        std::fs::create_dir_all(src.join("a")).expect("mkdir");
+        std::os::unix::fs::symlink("..", src.join("a/up")).expect("link");
+    }
+    let o = run(&["ingest", "--json", src.to_str().expect("utf8")], &data);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json summary");
+    assert_eq!(s["added"], 1, "{s}");
+    assert_eq!(s["failed"].as_array().map(Vec::len), Some(1), "{s}");
+    assert!(
+        s["failed"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("nested more than 1024 levels")),
+        "{s}"
+    );
+    let v = search_json(&data, "corrigibility", &["--mode", "bm25"]);
+    assert!(
+        v["results"][0]["id"]
+            .as_str()
+            .is_some_and(|id| id.ends_with("good.txt")),
+        "{v}"
+    );
+
+    // Every input failed: the summary is printed and the exit code is 1.
+    let only = tmp.path().join("d.html");
+    std::fs::write(&only, &deep).expect("w");
+    let o = run(&["ingest", only.to_str().expect("utf8")], &data);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("1 failed") && err.contains("nothing was ingested"),
+        "{err}"
+    );
+
+    // A path that does not exist stops the run before the index is touched.
+    let missing = tmp.path().join("no-such-folder");
+    let o = run(&["ingest", missing.to_str().expect("utf8")], &data);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no such file or folder"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A JSONL record over --max-record-mb is a failure with its line number.
+    let big = format!(
+        "{{\"id\": \"big\", \"text\": \"{}\"}}\n{{\"id\": \"ok\", \"title\": \"Mesa\", \"text\": \"inner optimizers\"}}\n",
+        "word ".repeat(300_000)
+    );
+    let f = tmp.path().join("big.jsonl");
+    std::fs::write(&f, big).expect("w");
+    let o = run(
+        &[
+            "ingest",
+            "--json",
+            "--max-record-mb",
+            "1",
+            f.to_str().expect("utf8"),
+        ],
+        &data,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json summary");
+    assert_eq!(s["added"], 1, "{s}");
+    assert!(
+        s["failed"][0]["location"]
+            .as_str()
+            .is_some_and(|l| l.ends_with("big.jsonl:1")),
+        "{s}"
+    );
+    assert!(
+        s["failed"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("over the 1.0 MiB limit")),
+        "{s}"
+    );
+}

@@ -226,3 +226,101 @@ fn bench_prints_json() {
     assert_eq!(v["threads"], 2);
     assert_eq!(v["prompt_tokens"], 16);
 }
+
+/// A GGUF v3 header byte by byte: `general.architecture = llama`, `general.alignment`
+/// as a u32, one F32 tensor of 8 values.
+fn gguf_with_alignment(alignment: u32) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.extend(2u64.to_le_bytes());
+    let string = |b: &mut Vec<u8>, s: &str| {
+        b.extend((s.len() as u64).to_le_bytes());
+        b.extend(s.as_bytes());
+    };
+    string(&mut b, "general.architecture");
+    b.extend(8u32.to_le_bytes());
+    string(&mut b, "llama");
+    string(&mut b, "general.alignment");
+    b.extend(4u32.to_le_bytes());
+    b.extend(alignment.to_le_bytes());
+    string(&mut b, "t");
+    b.extend(1u32.to_le_bytes());
+    b.extend(8u64.to_le_bytes());
+    b.extend(0u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.resize(b.len().next_multiple_of(32) + 64, 0);
+    b
+}
+
+#[test]
+fn hostile_model_files_and_sampling_flags_are_errors_not_panics() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // alignment 0 divided by zero inside candle's reader: exit 101 with a panic message.
+    let p = dir.path().join("align0.gguf");
+    std::fs::write(&p, gguf_with_alignment(0)).expect("write");
+    let m = p.to_str().expect("utf-8 path");
+    for args in [
+        vec!["model", "info", m],
+        vec!["generate", "--model", m, "hi"],
+    ] {
+        let o = overseer(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.starts_with("error: ") && err.contains("general.alignment"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // Sampling values that made no sense were accepted (NaN and -1 decoded greedily,
+    // top-p -3 too).
+    let model = smollm();
+    let mm = model.to_str().expect("utf-8 path");
+    for flag in [
+        "--temperature=-1",
+        "--temperature=NaN",
+        "--temperature=inf",
+        "--top-p=-3",
+        "--top-p=0",
+        "--top-p=1.5",
+    ] {
+        let o = overseer(&["generate", "--model", mm, flag, "hi"]);
+        assert_eq!(o.status.code(), Some(2), "{flag}: {}", stderr(&o));
+        assert!(stderr(&o).contains("must be"), "{flag}: {}", stderr(&o));
+        assert!(stdout(&o).is_empty());
+    }
+}
+
+#[test]
+fn output_into_a_closed_pipe_is_not_a_panic() {
+    // `overseer model info --json | head -c 10` panicked on the broken pipe (exit 101).
+    let model = smollm();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_overseer"))
+        .args([
+            "model",
+            "info",
+            "--json",
+            model.to_str().expect("utf-8 path"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Close the reading end before the header is read and the JSON written.
+    drop(child.stdout.take());
+    let o = child.wait_with_output().expect("wait");
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(o.status.code(), Some(101), "{err}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        // Ended by SIGPIPE, as `cat` or `grep` would be (or, had it won the race, 0).
+        assert!(
+            o.status.signal() == Some(13) || o.status.success(),
+            "{:?}: {err}",
+            o.status
+        );
+    }
+}

@@ -86,7 +86,15 @@ pub struct IngestOptions {
     /// Build/extend an HNSW graph once this many rows exist (exact search below).
     pub hnsw_min_rows: usize,
     pub hnsw: HnswParams,
+    /// Largest single document accepted, in bytes: one JSONL line, one markdown, HTML
+    /// or text file, the text extracted from one PDF. Larger ones are listed as
+    /// failures (indexing one costs about 60 times its size in memory).
+    pub max_record_bytes: usize,
 }
+
+/// Default of [`IngestOptions::max_record_bytes`]: 8 MiB, several times the longest
+/// paper in the Alignment Research Dataset.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 8 << 20;
 
 impl Default for IngestOptions {
     fn default() -> Self {
@@ -98,6 +106,7 @@ impl Default for IngestOptions {
             checkpoint_docs: 2_000,
             hnsw_min_rows: 100_000,
             hnsw: HnswParams::default(),
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
         }
     }
 }
@@ -227,6 +236,7 @@ pub fn ingest(
                 root,
                 path,
                 *kind,
+                opts.max_record_bytes,
                 &mut |item| {
                     if err.is_some() {
                         return;
@@ -1232,6 +1242,66 @@ mod tests {
             .search(&SearchRequest::new("latent knowledge", 3))
             .expect("s");
         assert!(hits[0].id.ends_with("e.pdf"));
+    }
+
+    #[test]
+    fn hostile_files_fail_alone_and_good_ones_are_committed() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let src = tmp.path().join("in");
+        std::fs::create_dir_all(&src).expect("mkdir");
+        // 40,000 nested elements overflowed the stack and aborted the whole process.
+        let deep = format!("{}x{}", "<div>".repeat(40_000), "</div>".repeat(40_000));
+        std::fs::write(src.join("deep.html"), deep).expect("w");
+        std::fs::write(
+            src.join("good.txt"),
+            "Corrigibility\n\nAn agent that accepts correction.",
+        )
+        .expect("w");
+        // A 1.5 MiB record beside small ones, under a 1 MiB cap (the default is 8 MiB).
+        let big = "word ".repeat(300_000);
+        let lines = vec![
+            rec(
+                "small1",
+                "Reward hacking",
+                "Specification gaming examples.",
+                "",
+            ),
+            rec("huge", "Huge", &big, ""),
+            rec("small2", "Debate", "Two agents argue before a judge.", ""),
+        ];
+        jsonl(&src, "papers.jsonl", &lines);
+        let opts = IngestOptions {
+            max_record_bytes: 1 << 20,
+            ..IngestOptions::default()
+        };
+        let data = tmp.path().join("data");
+        let s =
+            ingest(&data, std::slice::from_ref(&src), emb(), &opts, &NoProgress).expect("ingest");
+        assert_eq!(s.added, 3, "{s:?}");
+        let mut reasons: Vec<(&str, &str)> = s
+            .failed
+            .iter()
+            .map(|f| (f.location.as_str(), f.reason.as_str()))
+            .collect();
+        reasons.sort();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(reasons[0].0.ends_with("deep.html"), "{reasons:?}");
+        assert!(reasons[0].1.contains("nested more than"), "{reasons:?}");
+        assert!(reasons[1].0.ends_with("papers.jsonl:2"), "{reasons:?}");
+        assert!(
+            reasons[1]
+                .1
+                .contains("the record is 1.4 MiB, over the 1.0 MiB limit"),
+            "{reasons:?}"
+        );
+        let idx = Index::open(&data, emb()).expect("open");
+        for (q, want) in [
+            ("corrigibility correction", "good.txt"),
+            ("judge", "small2"),
+        ] {
+            let hits = idx.search(&SearchRequest::new(q, 3)).expect("s");
+            assert!(hits[0].id.ends_with(want), "{q}: {:?}", ids(&hits));
+        }
     }
 
     #[test]

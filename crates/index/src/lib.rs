@@ -27,8 +27,8 @@ pub use error::{Error, Result};
 pub use fusion::{DEFAULT_ALPHA, DEFAULT_RRF_K, Fusion};
 pub use hnsw::{Hnsw, HnswParams};
 pub use ingest::{
-    INGEST_STAGES, IngestOptions, IngestSummary, NoProgress, Progress, RemoveSummary, RemovedDoc,
-    ingest, remove_documents,
+    DEFAULT_MAX_RECORD_BYTES, INGEST_STAGES, IngestOptions, IngestSummary, NoProgress, Progress,
+    RemoveSummary, RemovedDoc, ingest, remove_documents,
 };
 pub use rerank::{DEFAULT_RERANK, Rerank, RerankFeatures, quality_penalty};
 pub use search::{

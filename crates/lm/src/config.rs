@@ -159,13 +159,36 @@ impl ModelConfig {
             ));
         }
         let context_length = req("context_length")?;
-        let rope_theta = meta_f64(c, &format!("{a}.rope.freq_base")).unwrap_or(10_000.0);
-        let rms_eps = meta_f64(c, &format!("{a}.attention.layer_norm_rms_epsilon")).unwrap_or(
+        // Floats are used as they are by every layer: a NaN or non-positive value gives
+        // NaN activations and empty or garbage output, never an error.
+        let positive = |suffix: &str, default: f64| -> Result<f64> {
+            let key = format!("{a}.{suffix}");
+            match c.metadata.get(&key) {
+                None => Ok(default),
+                Some(_) => match meta_f64(c, &key) {
+                    Some(v) if v.is_finite() && v > 0.0 => Ok(v),
+                    Some(v) => Err(meta_err(
+                        key,
+                        &format!("{v} is not a positive finite number"),
+                    )),
+                    None => Err(meta_err(key, "not a number")),
+                },
+            }
+        };
+        let rope_theta = positive("rope.freq_base", 10_000.0)?;
+        let rms_eps = positive(
+            "attention.layer_norm_rms_epsilon",
             match architecture {
                 Architecture::Llama => 1e-5,
                 Architecture::Qwen2 => 1e-6,
             },
-        );
+        )?;
+        if rms_eps >= 1.0 {
+            return Err(meta_err(
+                format!("{a}.attention.layer_norm_rms_epsilon"),
+                &format!("{rms_eps} is not below 1"),
+            ));
+        }
         let vocab = match c.tensor_infos.get("token_embd.weight") {
             Some(t) => match t.shape.dims() {
                 [rows, _] => *rows,
@@ -183,6 +206,43 @@ impl ModelConfig {
                 });
             }
         };
+        // Optional keys the forward pass does not read must still agree with it.
+        let vocab_key = format!("{a}.vocab_size");
+        if vocab == 0 {
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                reason: "token_embd.weight has no rows (an empty vocabulary)".into(),
+            });
+        }
+        if c.metadata.contains_key(&vocab_key) && meta_usize(c, &vocab_key) != Some(vocab) {
+            return Err(meta_err(
+                vocab_key,
+                &format!("does not match the {vocab} rows of token_embd.weight"),
+            ));
+        }
+        let rope_key = format!("{a}.rope.dimension_count");
+        if c.metadata.contains_key(&rope_key) && meta_usize(c, &rope_key) != Some(head_dim) {
+            return Err(meta_err(
+                rope_key,
+                &format!("must equal the head size {head_dim} (partial RoPE is not supported)"),
+            ));
+        }
+        // Shapes the loader multiplies out must fit a usize.
+        for (key, x, y) in [
+            ("attention.head_count", n_head, head_dim),
+            ("attention.head_count_kv", n_kv_head, head_dim),
+            ("embedding_length", vocab, hidden),
+            ("feed_forward_length", ffn, hidden),
+            (
+                "context_length",
+                context_length,
+                n_kv_head.saturating_mul(head_dim),
+            ),
+        ] {
+            if x.checked_mul(y).is_none() {
+                return Err(meta_err(format!("{a}.{key}"), "too large"));
+            }
+        }
         let tied_embeddings = !c.tensor_infos.contains_key("output.weight");
         Ok(Self {
             architecture,

@@ -265,6 +265,7 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(Error::InvalidArgument("empty prompt".into()));
     }
+    o.sampling.validate()?;
     let ctx = model.config().context_length;
     if s.is_empty() && s.reserved == 0 {
         s.reserve((prompt.len() + o.max_tokens).min(ctx));
@@ -367,6 +368,7 @@ pub fn generate_batch(
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
         return Err(Error::InvalidArgument(format!("prompt {i} is empty")));
     }
+    o.sampling.validate()?;
     let ctx = model.config().context_length;
     let mut s = model.session(n);
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);

@@ -77,8 +77,13 @@ pub struct GgufInfo {
     pub architecture: String,
     /// `general.name`, if present.
     pub name: Option<String>,
-    /// The model's hyper-parameters (`None` when the architecture is unsupported).
+    /// The model's hyper-parameters (`None` when the architecture is unsupported or
+    /// its metadata is invalid).
     pub config: Option<ModelConfig>,
+    /// Why a supported architecture's hyper-parameters were refused (the error loading
+    /// the model would give).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_error: Option<String>,
     /// Total number of weights.
     pub parameter_count: u64,
     /// The block format holding most weights, e.g. `Q5_0`.
@@ -145,6 +150,144 @@ fn value_to_json(v: &Value) -> serde_json::Value {
     }
 }
 
+/// Number of elements of a tensor of shape `dims`, `None` when it does not fit a
+/// `usize` (ggml, and candle's own size computations, work in `usize`).
+fn element_count(dims: &[usize]) -> Option<u64> {
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .map(|n| n as u64)
+}
+
+/// A scan of the GGUF metadata for the values candle's reader uses unchecked.
+mod header {
+    use std::io::{Read, Seek};
+
+    /// GGUF value type ids.
+    const STRING: u32 = 8;
+    const ARRAY: u32 = 9;
+
+    /// Whether `v` is a usable `general.alignment`: llama.cpp requires a power of two.
+    pub(super) fn valid_alignment(v: u64) -> bool {
+        v.is_power_of_two() && v <= 1 << 30
+    }
+
+    /// `general.alignment` as stored: `Some(value)` when present (0 for a value that is
+    /// not an unsigned integer, which makes it invalid), `None` when absent or when the
+    /// header is malformed (candle's reader then reports the malformation).
+    pub(super) fn alignment<R: Read + Seek>(r: &mut R, file_size: u64) -> Option<u64> {
+        let mut s = Scan { r, file_size };
+        let mut magic = [0u8; 4];
+        s.r.read_exact(&mut magic).ok()?;
+        let version = s.u32()?;
+        let wide = match version {
+            1 => false,
+            2 | 3 => true,
+            _ => return None,
+        };
+        let _tensors = s.len(wide)?;
+        let kvs = s.len(wide)?;
+        for _ in 0..kvs {
+            let key_len = s.len(wide)?;
+            if key_len > s.remaining()? {
+                return None;
+            }
+            let mut key = vec![0u8; usize::try_from(key_len).ok()?];
+            s.r.read_exact(&mut key).ok()?;
+            let ty = s.u32()?;
+            if key == b"general.alignment" {
+                // The integer types candle's reader takes (others it would silently
+                // replace by 32, so they count as invalid here).
+                return Some(match ty {
+                    0 => u64::from(s.bytes::<1>()?[0]),
+                    1 => u64::try_from(i8::from_le_bytes(s.bytes::<1>()?)).unwrap_or(0),
+                    2 => u64::from(u16::from_le_bytes(s.bytes::<2>()?)),
+                    3 => u64::try_from(i16::from_le_bytes(s.bytes::<2>()?)).unwrap_or(0),
+                    4 => u64::from(s.u32()?),
+                    5 => u64::try_from(i32::from_le_bytes(s.bytes::<4>()?)).unwrap_or(0),
+                    _ => 0,
+                });
+            }
+            s.skip_value(ty, wide, 0)?;
+        }
+        None
+    }
+
+    struct Scan<'a, R> {
+        r: &'a mut R,
+        file_size: u64,
+    }
+
+    impl<R: Read + Seek> Scan<'_, R> {
+        fn bytes<const N: usize>(&mut self) -> Option<[u8; N]> {
+            let mut b = [0u8; N];
+            self.r.read_exact(&mut b).ok()?;
+            Some(b)
+        }
+
+        fn u32(&mut self) -> Option<u32> {
+            Some(u32::from_le_bytes(self.bytes::<4>()?))
+        }
+
+        /// A length or count: u32 in GGUF v1, u64 after.
+        fn len(&mut self, wide: bool) -> Option<u64> {
+            if wide {
+                Some(u64::from_le_bytes(self.bytes::<8>()?))
+            } else {
+                self.u32().map(u64::from)
+            }
+        }
+
+        fn remaining(&mut self) -> Option<u64> {
+            self.file_size.checked_sub(self.r.stream_position().ok()?)
+        }
+
+        fn skip(&mut self, n: u64) -> Option<()> {
+            if n > self.remaining()? {
+                return None;
+            }
+            self.r.seek_relative(i64::try_from(n).ok()?).ok()
+        }
+
+        /// Skip one value of type `ty`; `None` on anything malformed.
+        fn skip_value(&mut self, ty: u32, wide: bool, depth: u32) -> Option<()> {
+            let fixed = match ty {
+                0 | 1 | 7 => 1,
+                2 | 3 => 2,
+                4..=6 => 4,
+                10..=12 => 8,
+                STRING => {
+                    let n = self.len(wide)?;
+                    return self.skip(n);
+                }
+                ARRAY if depth < 8 => {
+                    let elem = self.u32()?;
+                    let n = self.len(wide)?;
+                    if elem == STRING || elem == ARRAY {
+                        // Each element takes at least its length prefix.
+                        if n > self.remaining()? {
+                            return None;
+                        }
+                        for _ in 0..n {
+                            self.skip_value(elem, wide, depth + 1)?;
+                        }
+                        return Some(());
+                    }
+                    let size = match elem {
+                        0 | 1 | 7 => 1u64,
+                        2 | 3 => 2,
+                        4..=6 => 4,
+                        10..=12 => 8,
+                        _ => return None,
+                    };
+                    return self.skip(n.checked_mul(size)?);
+                }
+                _ => return None,
+            };
+            self.skip(fixed)
+        }
+    }
+}
+
 /// The first line of an error message (candle appends a backtrace when
 /// `RUST_BACKTRACE` is set; the user gets one line).
 fn first_line(e: &dyn std::fmt::Display) -> String {
@@ -188,13 +331,32 @@ impl GgufFile {
                 magic,
             });
         }
+        // candle's reader divides by `general.alignment`: check it first.
+        reader.rewind().map_err(io)?;
+        if let Some(v) = header::alignment(&mut reader, file_size)
+            && !header::valid_alignment(v)
+        {
+            return Err(Error::Metadata {
+                path: path.to_path_buf(),
+                key: "general.alignment".into(),
+                reason: format!(
+                    "{v} is not a power of two between 1 and 2^30 stored as an integer of at most 32 bits"
+                ),
+            });
+        }
         reader.rewind().map_err(io)?;
         let content = Content::read(&mut reader)
             .map_err(|e| corrupt(format!("header: {}", first_line(&e))))?;
         // Every tensor's data must lie inside the file (a truncated download fails here
-        // instead of at the first read).
+        // instead of at the first read). Sizes are computed with checked arithmetic: a
+        // shape whose product wraps around is refused, not counted as empty.
         for (name, t) in &content.tensor_infos {
-            let elems = t.shape.elem_count() as u64;
+            let elems = element_count(t.shape.dims()).ok_or_else(|| {
+                corrupt(format!(
+                    "tensor '{name}' has shape {:?}, more elements than this machine can address",
+                    t.shape.dims()
+                ))
+            })?;
             let block = t.ggml_dtype.block_size() as u64;
             if !elems.is_multiple_of(block) {
                 return Err(corrupt(format!(
@@ -202,7 +364,12 @@ impl GgufFile {
                     dtype_name(t.ggml_dtype)
                 )));
             }
-            let bytes = elems / block * t.ggml_dtype.type_size() as u64;
+            let Some(bytes) = (elems / block).checked_mul(t.ggml_dtype.type_size() as u64) else {
+                return Err(corrupt(format!(
+                    "tensor '{name}' has shape {:?}, too large to store",
+                    t.shape.dims()
+                )));
+            };
             let end = content
                 .tensor_data_offset
                 .checked_add(t.offset)
@@ -344,8 +511,13 @@ impl GgufFile {
         let architecture = meta_str(c, "general.architecture")
             .unwrap_or("")
             .to_string();
-        let config = Architecture::from_gguf_name(&architecture)
-            .and_then(|a| ModelConfig::from_gguf(&self.path, c, a).ok());
+        let (config, config_error) = match Architecture::from_gguf_name(&architecture)
+            .map(|a| ModelConfig::from_gguf(&self.path, c, a))
+        {
+            Some(Ok(config)) => (Some(config), None),
+            Some(Err(e)) => (None, Some(e.to_string())),
+            None => (None, None),
+        };
         let mut tensors: Vec<TensorInfo> = c
             .tensor_infos
             .iter()
@@ -365,16 +537,17 @@ impl GgufFile {
         let mut tensor_types: BTreeMap<String, TypeCount> = BTreeMap::new();
         let mut parameter_count = 0u64;
         for t in &tensors {
-            let params: u64 = t.shape.iter().map(|&d| d as u64).product();
-            parameter_count += params;
+            // `open` checked that each product fits; the sums saturate.
+            let params = element_count(&t.shape).unwrap_or(u64::MAX);
+            parameter_count = parameter_count.saturating_add(params);
             let e = tensor_types.entry(t.dtype.clone()).or_insert(TypeCount {
                 tensors: 0,
                 params: 0,
                 bytes: 0,
             });
             e.tensors += 1;
-            e.params += params;
-            e.bytes += t.bytes;
+            e.params = e.params.saturating_add(params);
+            e.bytes = e.bytes.saturating_add(t.bytes);
         }
         let quantization = tensor_types
             .iter()
@@ -395,6 +568,7 @@ impl GgufFile {
             architecture,
             name: meta_str(c, "general.name").map(str::to_string),
             config,
+            config_error,
             parameter_count,
             quantization,
             file_type,
@@ -520,7 +694,12 @@ mod tests {
 
     /// A tiny llama GGUF with the given tensors.
     fn synthetic(path: &Path, tensors: &[&str]) {
-        let meta: Vec<(&str, Value)> = vec![
+        synthetic_with(path, tensors, Vec::new());
+    }
+
+    /// [`synthetic`] with `extra` metadata (a key given twice: the later value wins).
+    fn synthetic_with(path: &Path, tensors: &[&str], extra: Vec<(&str, Value)>) {
+        let mut meta: Vec<(&str, Value)> = vec![
             ("general.architecture", Value::String("llama".into())),
             ("llama.block_count", Value::U32(1)),
             ("llama.embedding_length", Value::U32(32)),
@@ -529,6 +708,10 @@ mod tests {
             ("llama.attention.head_count_kv", Value::U32(2)),
             ("llama.context_length", Value::U32(64)),
         ];
+        for (k, v) in extra {
+            meta.retain(|(m, _)| *m != k);
+            meta.push((k, v));
+        }
         let dev = Device::Cpu;
         let qts: Vec<(String, QTensor)> = tensors
             .iter()
@@ -628,5 +811,166 @@ mod tests {
             .as_str()
             .expect("summary string");
         assert!(tokens.starts_with("[49152 x"), "{tokens}");
+    }
+
+    /// A GGUF v3 file written byte by byte, for headers candle's writer cannot make:
+    /// `meta` as (key, GGUF type id, value bytes); F32 `tensors` as (name, dims in GGUF
+    /// order), all at offset 0; `data` zero bytes of tensor data.
+    fn raw_gguf(
+        meta: &[(&str, u32, Vec<u8>)],
+        tensors: &[(&str, Vec<u64>)],
+        data: usize,
+    ) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend((tensors.len() as u64).to_le_bytes());
+        b.extend((meta.len() as u64).to_le_bytes());
+        let string = |b: &mut Vec<u8>, s: &str| {
+            b.extend((s.len() as u64).to_le_bytes());
+            b.extend(s.as_bytes());
+        };
+        for (k, ty, v) in meta {
+            string(&mut b, k);
+            b.extend(ty.to_le_bytes());
+            b.extend(v);
+        }
+        for (name, dims) in tensors {
+            string(&mut b, name);
+            b.extend((dims.len() as u32).to_le_bytes());
+            for d in dims {
+                b.extend(d.to_le_bytes());
+            }
+            b.extend(0u32.to_le_bytes()); // F32
+            b.extend(0u64.to_le_bytes());
+        }
+        b.resize(b.len().next_multiple_of(32) + data, 0);
+        b
+    }
+
+    fn gguf_str(s: &str) -> Vec<u8> {
+        let mut b = (s.len() as u64).to_le_bytes().to_vec();
+        b.extend(s.as_bytes());
+        b
+    }
+
+    #[test]
+    fn zero_or_odd_alignment_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let arch = ("general.architecture", 8, gguf_str("llama"));
+        // candle's reader divided by it: a panic in `model info` and `generate`.
+        for (i, (ty, value)) in [
+            (4u32, 0u32.to_le_bytes().to_vec()),
+            (4, 48u32.to_le_bytes().to_vec()),
+            (5, (-32i32).to_le_bytes().to_vec()),
+            (6, 32f32.to_le_bytes().to_vec()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let p = dir.path().join(format!("align{i}.gguf"));
+            let bytes = raw_gguf(
+                &[arch.clone(), ("general.alignment", ty, value)],
+                &[("t", vec![8])],
+                32,
+            );
+            std::fs::write(&p, bytes).expect("write");
+            for e in [
+                GgufInfo::read(&p).map(|_| ()).expect_err("refused"),
+                load_err(&p),
+            ] {
+                assert!(
+                    matches!(e, Error::Metadata { ref key, .. } if key == "general.alignment"),
+                    "{e:?}"
+                );
+            }
+        }
+        // A valid one after long metadata (a string array) is still found and used.
+        let mut tokens = 8u32.to_le_bytes().to_vec();
+        tokens.extend(2u64.to_le_bytes());
+        tokens.extend(gguf_str("a"));
+        tokens.extend(gguf_str("bc"));
+        let p = dir.path().join("align64.gguf");
+        let bytes = raw_gguf(
+            &[
+                arch.clone(),
+                ("tokenizer.ggml.tokens", 9, tokens),
+                ("general.alignment", 4, 64u32.to_le_bytes().to_vec()),
+            ],
+            &[("t", vec![8])],
+            64,
+        );
+        std::fs::write(&p, bytes).expect("write");
+        let info = GgufInfo::read(&p).expect("alignment 64 is valid");
+        assert_eq!(info.tensors[0].offset % 64, 0);
+    }
+
+    #[test]
+    fn shapes_whose_size_wraps_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // 4 x 2^40 elements and 2^32 x 2^32: the products wrapped to 0, and `model info`
+        // reported "parameters 0, bytes 0".
+        for dims in [vec![1u64 << 40; 4], vec![1 << 32, 1 << 32]] {
+            let p = dir.path().join("wrap.gguf");
+            let bytes = raw_gguf(
+                &[("general.architecture", 8, gguf_str("llama"))],
+                &[("t", dims.clone())],
+                32,
+            );
+            std::fs::write(&p, bytes).expect("write");
+            let e = GgufInfo::read(&p).map(|_| ()).expect_err("refused");
+            assert!(
+                matches!(e, Error::Corrupt { ref reason, .. } if reason.contains("more elements")),
+                "{dims:?}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unusable_hyper_parameters_are_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let p = dir.path().join("params.gguf");
+        let tensors = ["token_embd.weight", "output_norm.weight"];
+        for (key, value) in [
+            // NaN gave empty output, 0 garbage; both exited 0.
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                Value::F32(f32::NAN),
+            ),
+            ("llama.attention.layer_norm_rms_epsilon", Value::F32(0.0)),
+            ("llama.rope.freq_base", Value::F32(0.0)),
+            ("llama.rope.freq_base", Value::F32(f32::INFINITY)),
+            ("llama.rope.freq_base", Value::String("x".into())),
+            // Accepted and ignored.
+            ("llama.rope.dimension_count", Value::U32(0)),
+            ("llama.vocab_size", Value::U32(0)),
+        ] {
+            synthetic_with(&p, &tensors, vec![(key, value.clone())]);
+            let e = load_err(&p);
+            assert!(
+                matches!(e, Error::Metadata { key: ref k, .. } if k == key),
+                "{key} = {value:?}: {e:?}"
+            );
+            let info = GgufInfo::read(&p).expect("header reads");
+            assert!(info.config.is_none());
+            assert!(
+                info.config_error
+                    .as_deref()
+                    .is_some_and(|r| r.contains(key)),
+                "{:?}",
+                info.config_error
+            );
+        }
+        // The values the real models carry are accepted.
+        synthetic_with(
+            &p,
+            &tensors,
+            vec![
+                ("llama.rope.dimension_count", Value::U32(8)),
+                ("llama.vocab_size", Value::U32(16)),
+                ("llama.rope.freq_base", Value::F32(100_000.0)),
+            ],
+        );
+        let info = GgufInfo::read(&p).expect("header reads");
+        assert!(info.config.is_some(), "{:?}", info.config_error);
     }
 }

@@ -33,7 +33,7 @@ pub use model::{ForwardOptions, LoadOptions, Logits, Model, PREFILL_CHUNK, Resum
 pub use ngram::NgramBlock;
 pub use sampling::{Sampler, SamplingParams};
 pub use session::Session;
-pub use template::{CHATML_TEMPLATE, ChatTemplate, Message, Role};
+pub use template::{CHATML_TEMPLATE, ChatTemplate, Message, Role, defuse};
 pub use tokenizer::{DecodeStream, TokenType, Tokenizer};
 
 /// Re-exported so dependents use the same candle as the runtime.

@@ -6,6 +6,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::model::argmax;
+use crate::{Error, Result};
 
 /// How to pick the next token. `temperature <= 0` means greedy (the other fields are
 /// then ignored).
@@ -35,6 +36,27 @@ impl SamplingParams {
             top_p: 1.0,
             seed: 0,
         }
+    }
+
+    /// Check the values: `temperature` finite and not negative (0 is greedy), `top_p`
+    /// in (0, 1]. Generation calls it first, so a bad value is an error rather than
+    /// silently greedy (NaN) or an empty candidate set.
+    ///
+    /// Errors: [`Error::InvalidArgument`] naming the field.
+    pub fn validate(&self) -> Result<()> {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err(Error::InvalidArgument(format!(
+                "temperature {} must be a finite number, 0 (greedy) or more",
+                self.temperature
+            )));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::InvalidArgument(format!(
+                "top_p {} must be above 0 and at most 1",
+                self.top_p
+            )));
+        }
+        Ok(())
     }
 
     /// Whether this is greedy decoding.
@@ -186,6 +208,37 @@ mod tests {
         });
         for _ in 0..50 {
             assert_eq!(s.sample(&logits()), 5);
+        }
+    }
+
+    #[test]
+    fn validate_refuses_unusable_values() {
+        let ok = SamplingParams {
+            temperature: 0.7,
+            top_k: 40,
+            top_p: 0.95,
+            seed: 1,
+        };
+        assert!(ok.validate().is_ok());
+        assert!(SamplingParams::greedy().validate().is_ok());
+        for (t, p) in [
+            (-1.0, 0.9),
+            (f32::NAN, 0.9),
+            (f32::INFINITY, 0.9),
+            (0.7, -3.0),
+            (0.7, 0.0),
+            (0.7, 1.5),
+            (0.7, f32::NAN),
+        ] {
+            let bad = SamplingParams {
+                temperature: t,
+                top_p: p,
+                ..ok
+            };
+            assert!(
+                matches!(bad.validate(), Err(Error::InvalidArgument(_))),
+                "{t} {p}"
+            );
         }
     }
 }

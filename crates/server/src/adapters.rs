@@ -198,11 +198,9 @@ impl Literature for IndexLibrary {
         if let Err(e) = self.index.refresh() {
             tracing::warn!(error = %e, "index refresh after ingest failed");
         }
-        let failed: Vec<Value> = summary
-            .failed
-            .iter()
-            .map(|f| Value::String(format!("{f:?}")))
-            .collect();
+        // Each failure as {location, id, reason}.
+        let failed = serde_json::to_value(&summary.failed)
+            .map_err(|e| BackendError::Internal(format!("ingest summary: {e}")))?;
         Ok(serde_json::json!({
             "added": summary.added,
             "updated": summary.updated,

@@ -53,6 +53,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            state.config.body_read_timeout,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             rate_limit_api,
@@ -215,6 +218,17 @@ pub(crate) struct SearchQuery {
     chunks: Option<bool>,
 }
 
+/// `k` (results wanted) must be within 1..=max: out of range is a 400, not a silent clamp.
+fn check_k(k: usize, max: usize) -> Result<usize, ApiError> {
+    if (1..=max).contains(&k) {
+        Ok(k)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "k must be between 1 and {max}, not {k}"
+        )))
+    }
+}
+
 fn nonempty(s: Option<String>) -> Option<String> {
     s.map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
@@ -241,9 +255,10 @@ async fn search(
             "mode must be one of bm25, dense, hybrid",
         ));
     }
+    let k = check_k(q.k.unwrap_or(10), cfg.max_k)?;
     let params = SearchParams {
         query,
-        k: q.k.unwrap_or(10).clamp(1, cfg.max_k),
+        k,
         mode: q.mode,
         source: nonempty(q.source),
         author: nonempty(q.author),
@@ -452,12 +467,13 @@ async fn ask(
             cfg.max_chat_chars
         )));
     }
+    // The CLI's default too: the same question gets the same answer.
+    let k = check_k(req.k.unwrap_or(5), cfg.max_k)?;
     let params = AskParams {
         question,
         mode,
         history: req.history,
-        // The CLI's default too: the same question gets the same answer.
-        k: req.k.unwrap_or(5).clamp(1, cfg.max_k),
+        k,
         source: nonempty(req.source),
     };
     let ticket = submit(&state, JobKind::Ask(params))?;
@@ -520,11 +536,66 @@ async fn lab_plot(
 
 /// Serve the router on a bound listener until Ctrl-C, with each client's address
 /// available to the rate limiter.
+///
+/// HTTP/1 connections are served by hyper with a timer, so
+/// [`ServerConfig::header_read_timeout`](crate::ServerConfig) closes connections that
+/// send no complete request head in time, idle kept-alive ones included (`axum::serve`
+/// sets no timer, so a stalled connection stayed open for good). On Ctrl-C the server
+/// stops accepting and waits for the requests in flight.
 pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+    serve_until(state, listener, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}
+
+/// [`serve`] until `shutdown` completes.
+pub async fn serve_until(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use axum::extract::ConnectInfo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt as _;
+
+    let header_timeout = state.config.header_read_timeout;
+    let app = router(state);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let svc =
+            app.clone()
+                .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    req.map(axum::body::Body::new)
+                });
+        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
 }

@@ -2,6 +2,7 @@
 //! CORS off, modest body/query limits and a per-client rate limit.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Everything the router needs to know besides its back ends.
 #[derive(Debug, Clone)]
@@ -36,6 +37,12 @@ pub struct ServerConfig {
     pub max_chat_chars: usize,
     /// Default `max_tokens` of a chat completion.
     pub default_max_tokens: usize,
+    /// Longest wait for a request's headers, counted from the connection's first byte
+    /// or, on a kept-alive connection, from the end of the previous response: a
+    /// connection that stalls or idles longer is closed.
+    pub header_read_timeout: Duration,
+    /// Longest wait for the next piece of a request body; the request then fails.
+    pub body_read_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -57,6 +64,8 @@ impl ServerConfig {
             lab_roots: Vec::new(),
             max_chat_chars: 16_000,
             default_max_tokens: 256,
+            header_read_timeout: Duration::from_secs(15),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }

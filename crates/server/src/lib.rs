@@ -20,7 +20,7 @@ mod ui;
 mod worker;
 
 pub use adapters::{AssistantGenerator, IndexLibrary};
-pub use api::{router, serve};
+pub use api::{router, serve, serve_until};
 pub use backend::{
     AskEvent, AskParams, ChatMessage, ChatOutput, ChatParams, Generator, IngestInput, Intervention,
     LibraryStats, Literature, SearchParams,

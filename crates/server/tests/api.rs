@@ -516,8 +516,27 @@ async fn search_returns_results_and_passes_filters() {
     assert_eq!(seen.source.as_deref(), Some("arxiv"));
     assert_eq!(seen.since.as_deref(), Some("2020"));
     assert!(seen.chunk_level);
-    // k is bounded.
-    f.get("/api/search?q=gradient&k=100000").await;
+    // k out of 1..=50 is refused, as the CLI refuses it (it was clamped silently).
+    let before = f.lib.searches.lock().expect("lock").len();
+    for k in ["100000", "51", "0"] {
+        let m = expect_error(
+            f.get(&format!("/api/search?q=gradient&k={k}")).await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        )
+        .await;
+        assert!(m.contains("k must be between 1 and 50"), "{m}");
+    }
+    let m = expect_error(
+        f.post_json("/api/ask", r#"{"question":"what is x?","k":0}"#)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    assert!(m.contains("k must be between 1 and 50"), "{m}");
+    assert_eq!(f.lib.searches.lock().expect("lock").len(), before);
+    f.get("/api/search?q=gradient&k=50").await;
     assert_eq!(
         f.lib
             .searches
@@ -1402,4 +1421,131 @@ async fn delete_document_removes_it_from_the_real_index() {
         search_ids(&state, "shutdown+correction", "hybrid").await[0],
         "arxiv-1"
     );
+}
+
+#[tokio::test]
+async fn ingest_failures_are_objects_and_hostile_files_do_not_stop_the_server() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = real_index_state(tmp.path());
+    let src = tmp.path().join("in");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    // 40,000 nested elements overflowed the stack and killed the whole server.
+    let deep = format!("{}x{}", "<div>".repeat(40_000), "</div>".repeat(40_000));
+    std::fs::write(src.join("deep.html"), deep).expect("w");
+    std::fs::write(src.join("good.txt"), "Corrigibility\n\nAccepts correction.").expect("w");
+    let body = json!({ "paths": [src] }).to_string();
+    let r = call(
+        &state,
+        admin_req("POST", "/api/ingest", Some("s3cret"), &body),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v = body_json(r).await;
+    assert_eq!(v["added"], 1, "{v}");
+    // Each failure is {location, id, reason}, not a Rust Debug string.
+    let f = &v["failed"][0];
+    assert!(
+        f["location"]
+            .as_str()
+            .is_some_and(|l| l.ends_with("deep.html")),
+        "{v}"
+    );
+    assert!(
+        f["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("nested more than")),
+        "{v}"
+    );
+    assert!(!v.to_string().contains("Failure {"), "{v}");
+    assert_eq!(search_ids(&state, "corrigibility", "bm25").await[0], {
+        let p = src.join("good.txt").canonicalize().expect("canon");
+        p.to_string_lossy().into_owned()
+    });
+}
+
+/// Read from `stream` until the server closes it; `Err` when it stays open past `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let t = Instant::now();
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(t.elapsed()), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(()),
+            Ok(Ok(_)) => {}
+            Err(_) => return Err(format!("still open after {:?}", t.elapsed())),
+        }
+    }
+}
+
+#[tokio::test]
+async fn stalled_and_idle_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = ServerConfig::new(tmp.path());
+    cfg.header_read_timeout = Duration::from_millis(500);
+    cfg.body_read_timeout = Duration::from_millis(500);
+    let state = AppState::new(cfg, Library::with_docs(), None).expect("state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(overseer_server::serve(state, listener));
+    let limit = Duration::from_secs(5);
+
+    // Nothing sent, half a request head, and an idle kept-alive connection: each stayed
+    // open for good (80 stalled connections were still open after 60 s).
+    let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut partial = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    // A body that never arrives: the request fails instead of waiting.
+    let mut body = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    body.write_all(
+        b"POST /api/ask HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"q",
+    )
+    .await
+    .expect("write");
+    let (a, b, c, d) = tokio::join!(
+        closed_within(&mut silent, limit),
+        closed_within(&mut partial, limit),
+        closed_within(&mut idle, limit),
+        async {
+            use tokio::io::AsyncReadExt;
+            let mut text = Vec::new();
+            let r = tokio::time::timeout(limit, body.read_to_end(&mut text)).await;
+            (r.is_ok(), String::from_utf8_lossy(&text).into_owned())
+        },
+    );
+    for (what, r) in [("silent", a), ("partial head", b), ("idle keep-alive", c)] {
+        assert!(r.is_ok(), "{what}: {r:?}");
+    }
+    let (done, text) = d;
+    assert!(done, "a stalled body kept the connection open: {text}");
+    assert!(text.starts_with("HTTP/1.1 4"), "{text}");
+
+    // The server still answers.
+    let mut ok = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut text = Vec::new();
+    {
+        use tokio::io::AsyncReadExt;
+        tokio::time::timeout(limit, ok.read_to_end(&mut text))
+            .await
+            .expect("answered")
+            .expect("read");
+    }
+    assert!(
+        String::from_utf8_lossy(&text).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
+    server.abort();
 }

@@ -17,13 +17,13 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
     /// Sampling temperature; greedy decoding when omitted or 0.
-    #[arg(long)]
+    #[arg(long, value_parser = temperature)]
     pub temperature: Option<f32>,
     /// Sample only among the K most likely tokens (0: no limit).
     #[arg(long, default_value_t = 40)]
     pub top_k: usize,
     /// Nucleus sampling: keep tokens up to this cumulative probability.
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, value_parser = top_p)]
     pub top_p: f32,
     /// Random seed for sampling.
     #[arg(long, default_value_t = 42)]
@@ -31,6 +31,22 @@ pub struct SamplingArgs {
     /// Stop when the text contains this string (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
+}
+
+/// `--temperature`: a finite number, 0 or more.
+fn temperature(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        _ => Err("must be a finite number, 0 (greedy) or more".into()),
+    }
+}
+
+/// `--top-p`: above 0, at most 1.
+fn top_p(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(p) if p > 0.0 && p <= 1.0 => Ok(p),
+        _ => Err("must be above 0 and at most 1".into()),
+    }
 }
 
 impl SamplingArgs {

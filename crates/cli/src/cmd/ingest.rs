@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use overseer_index::{ChunkOptions, Embedder, IngestOptions, MiniLm, Progress};
 
@@ -28,6 +28,10 @@ pub struct Args {
     /// Tokens shared by consecutive chunks of a long section.
     #[arg(long, default_value_t = 32)]
     pub chunk_overlap: usize,
+    /// Largest single document, in MiB: one JSONL line, one markdown, HTML or text
+    /// file, the text of one PDF. Larger ones are listed as failures.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_record_mb: u64,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -59,6 +63,10 @@ impl Progress for Bar {
 }
 
 pub fn run(g: &Global, a: Args) -> Result<()> {
+    // A mistyped path stops the run before the index is touched.
+    if let Some(p) = a.paths.iter().find(|p| !p.exists()) {
+        bail!("{}: no such file or folder", p.display());
+    }
     let data_dir = g.data_dir()?;
     let embedder = load_embedder(g)?;
     let bar = ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
@@ -77,6 +85,8 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
             max_tokens: a.chunk_tokens,
             overlap_tokens: a.chunk_overlap,
         },
+        max_record_bytes: usize::try_from(a.max_record_mb << 20)
+            .context("--max-record-mb is too large for this machine")?,
         ..IngestOptions::default()
     };
     let s = overseer_index::ingest(&data_dir, &a.paths, embedder, &opts, &Bar(bar.clone()));
@@ -110,6 +120,12 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
         for n in &s.notes {
             eprintln!("  note: {n}");
         }
+    }
+    if !s.failed.is_empty() && s.added + s.updated + s.skipped == 0 {
+        bail!(
+            "nothing was ingested: all {} input(s) failed",
+            s.failed.len()
+        );
     }
     Ok(())
 }

@@ -73,10 +73,10 @@ pub fn render(info: &GgufInfo) -> String {
     );
     let _ = writeln!(w, "file            {file}");
     let _ = writeln!(w, "name            {}", info.name.as_deref().unwrap_or("-"));
-    let supported = if info.config.is_some() {
-        ""
-    } else {
-        " (unsupported)"
+    let supported = match (&info.config, &info.config_error) {
+        (Some(_), _) => String::new(),
+        (None, Some(e)) => format!(" (invalid: {e})"),
+        (None, None) => " (unsupported)".to_string(),
     };
     let _ = writeln!(w, "architecture    {}{supported}", info.architecture);
     let _ = writeln!(

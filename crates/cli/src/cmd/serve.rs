@@ -48,6 +48,13 @@ pub struct Args {
     /// Extra folder to look for refusal-lab runs in (repeatable; DATA/lab is always searched).
     #[arg(long)]
     pub lab_dir: Vec<PathBuf>,
+    /// Seconds a connection may take to send a request's headers, or stay idle between
+    /// requests, before it is closed.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout: u64,
+    /// Seconds a request body may pause between two pieces before the request fails.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_timeout: u64,
 }
 
 fn admin_token(a: &Args) -> Result<Option<String>> {
@@ -85,6 +92,8 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
     cfg.queue_capacity = a.queue;
     cfg.max_tokens_cap = a.max_tokens.max(1);
     cfg.lab_roots = a.lab_dir.clone();
+    cfg.header_read_timeout = std::time::Duration::from_secs(a.header_timeout);
+    cfg.body_read_timeout = std::time::Duration::from_secs(a.body_timeout);
 
     let lit = backends::literature(g, &data_dir)?;
     let literature: Arc<dyn overseer_server::Literature> = lit.library.clone();

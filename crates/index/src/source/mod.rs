@@ -5,7 +5,7 @@
 mod html;
 mod pdf;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -130,31 +130,61 @@ pub(crate) fn expand(paths: &[PathBuf], failures: &mut Vec<Failure>) -> Vec<Root
     roots
 }
 
-fn walk(dir: &Path, out: &mut Vec<(PathBuf, Kind)>, failures: &mut Vec<Failure>) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            failures.push(Failure {
-                location: dir.display().to_string(),
-                id: None,
-                reason: format!("cannot list folder: {e}"),
-            });
-            return;
-        }
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let hidden = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
-        if hidden {
-            continue;
-        }
-        if path.is_dir() {
-            walk(&path, out, failures);
-        } else if let Some(k) = Kind::of(&path) {
-            out.push((path, k));
+/// Collect the supported files under `root` (itself canonical). Symbolic links are
+/// followed, but each folder and each file is taken once, by its canonical path, so a
+/// link back up the tree (`self -> .`, `up -> ..`) ends the walk instead of looping.
+/// Hidden entries (a leading dot) are skipped. The stack is explicit: no depth of
+/// folders can overflow it.
+fn walk(root: &Path, out: &mut Vec<(PathBuf, Kind)>, failures: &mut Vec<Failure>) {
+    let mut seen_dirs = std::collections::HashSet::new();
+    let mut seen_files = std::collections::HashSet::new();
+    seen_dirs.insert(root.to_path_buf());
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                failures.push(Failure {
+                    location: dir.display().to_string(),
+                    id: None,
+                    reason: format!("cannot list folder: {e}"),
+                });
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let hidden = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            if hidden {
+                continue;
+            }
+            let is_dir = path.is_dir();
+            if !is_dir && Kind::of(&path).is_none() {
+                continue;
+            }
+            let canon = match path.canonicalize() {
+                Ok(c) => c,
+                Err(e) => {
+                    failures.push(Failure {
+                        location: path.display().to_string(),
+                        id: None,
+                        reason: format!("cannot open: {e}"),
+                    });
+                    continue;
+                }
+            };
+            if is_dir {
+                if seen_dirs.insert(canon.clone()) {
+                    stack.push(canon);
+                }
+            } else if let Some(k) = Kind::of(&canon).or_else(|| Kind::of(&path))
+                && seen_files.insert(canon.clone())
+            {
+                out.push((canon, k));
+            }
         }
     }
 }
@@ -180,18 +210,40 @@ pub(crate) fn work_units(path: &Path, kind: Kind) -> u64 {
     n.max(1)
 }
 
+/// A size in bytes for messages: `12.3 MiB`, `512 KiB`, `100 bytes`.
+fn size(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / f64::from(1u32 << 20))
+    } else if n >= 1 << 10 {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+/// The failure reason of a document over the size limit.
+fn too_large(what: &str, n: u64, max: usize) -> String {
+    format!(
+        "{what} is {}, over the {} limit for one document (IngestOptions::max_record_bytes, `overseer ingest --max-record-mb`)",
+        size(n),
+        size(max as u64)
+    )
+}
+
 /// Read one file of a root, calling `emit` for each document or failure, and
-/// `tick` once per work unit (see [`work_units`]).
+/// `tick` once per work unit (see [`work_units`]). Documents larger than `max_bytes`
+/// (a JSONL line, a text file, a PDF's text) are failures.
 pub(crate) fn read_file(
     root: &Root,
     path: &Path,
     kind: Kind,
+    max_bytes: usize,
     emit: &mut dyn FnMut(Item),
     tick: &mut dyn FnMut(u64),
 ) {
     let location = path.display().to_string();
     if kind == Kind::Jsonl {
-        read_jsonl(root, path, emit, tick);
+        read_jsonl(root, path, max_bytes, emit, tick);
         return;
     }
     tick(1);
@@ -202,6 +254,12 @@ pub(crate) fn read_file(
             reason,
         })
     };
+    if kind != Kind::Pdf
+        && let Ok(m) = std::fs::metadata(path)
+        && m.len() > max_bytes as u64
+    {
+        return emit(fail(too_large("the file", m.len(), max_bytes)));
+    }
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => return emit(fail(format!("cannot read: {e}"))),
@@ -212,13 +270,19 @@ pub(crate) fn read_file(
         .unwrap_or_default();
     let (title, text) = match kind {
         Kind::Pdf => match pdf::extract(&bytes) {
+            Ok(t) if t.len() > max_bytes => {
+                return emit(fail(too_large("its text", t.len() as u64, max_bytes)));
+            }
             Ok(t) => (stem, t),
             Err(reason) => return emit(fail(reason)),
         },
         _ => {
             let raw = String::from_utf8_lossy(&bytes);
             match kind {
-                Kind::Html => html::to_text(&raw),
+                Kind::Html => match html::to_text(&raw) {
+                    Ok(t) => t,
+                    Err(reason) => return emit(fail(reason)),
+                },
                 Kind::Markdown => markdown(&raw, &stem),
                 _ => (plain_title(&raw, &stem), raw.replace("\r\n", "\n")),
             }
@@ -283,7 +347,13 @@ fn plain_title(raw: &str, stem: &str) -> String {
         .unwrap_or_else(|| stem.to_string())
 }
 
-fn read_jsonl(root: &Root, path: &Path, emit: &mut dyn FnMut(Item), tick: &mut dyn FnMut(u64)) {
+fn read_jsonl(
+    root: &Root,
+    path: &Path,
+    max_bytes: usize,
+    emit: &mut dyn FnMut(Item),
+    tick: &mut dyn FnMut(u64),
+) {
     let location = path.display().to_string();
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
@@ -302,9 +372,22 @@ fn read_jsonl(root: &Root, path: &Path, emit: &mut dyn FnMut(Item), tick: &mut d
     let mut line_no = 0usize;
     loop {
         buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) => break,
-            Ok(_) => {}
+        // At most `max_bytes` (+ the newline) of one line in memory; the rest of a
+        // longer line is skipped unread.
+        let limit = max_bytes as u64 + 1;
+        let read = (&mut reader)
+            .take(limit)
+            .read_until(b'\n', &mut buf)
+            .and_then(|n| {
+                if buf.len() as u64 == limit && buf.last() != Some(&b'\n') {
+                    skip_line(&mut reader).map(|rest| Some(n as u64 + rest))
+                } else {
+                    Ok(None)
+                }
+            });
+        let oversized = match read {
+            Ok(_) if buf.is_empty() => break,
+            Ok(o) => o,
             Err(e) => {
                 emit(Item::Failed(Failure {
                     location: format!("{location}:{}", line_no + 1),
@@ -313,10 +396,18 @@ fn read_jsonl(root: &Root, path: &Path, emit: &mut dyn FnMut(Item), tick: &mut d
                 }));
                 break;
             }
-        }
+        };
         line_no += 1;
         tick(1);
         let loc = format!("{location}:{line_no}");
+        if let Some(n) = oversized {
+            emit(Item::Failed(Failure {
+                location: loc,
+                id: None,
+                reason: too_large("the record", n, max_bytes),
+            }));
+            continue;
+        }
         let line = match std::str::from_utf8(&buf) {
             Ok(l) => l.trim(),
             Err(_) => {
@@ -343,6 +434,29 @@ fn read_jsonl(root: &Root, path: &Path, emit: &mut dyn FnMut(Item), tick: &mut d
                 id,
                 reason,
             })),
+        }
+    }
+}
+
+/// Consume the rest of the current line (through its newline) without keeping it;
+/// returns the bytes skipped.
+fn skip_line(reader: &mut impl BufRead) -> std::io::Result<u64> {
+    let mut skipped = 0u64;
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(skipped);
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(skipped + i as u64 + 1);
+            }
+            None => {
+                let n = chunk.len();
+                reader.consume(n);
+                skipped += n as u64;
+            }
         }
     }
 }
@@ -484,5 +598,37 @@ mod tests {
         assert_eq!(t, "Heading one");
         let (t, _) = markdown("no heading", "stem");
         assert_eq!(t, "stem");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlink_loops_end_and_each_file_is_taken_once() {
+        use std::os::unix::fs::symlink;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let l = tmp.path().join("L");
+        std::fs::create_dir_all(l.join("a")).expect("mkdir");
+        std::fs::write(l.join("a/n.txt"), "hi").expect("w");
+        // One link to itself: the file was listed 41 times (once per level until ELOOP).
+        symlink(".", l.join("self")).expect("link");
+        let mut failures = Vec::new();
+        let roots = expand(std::slice::from_ref(&l), &mut failures);
+        let canon = l.join("a/n.txt").canonicalize().expect("canon");
+        assert_eq!(roots[0].files, vec![(canon.clone(), Kind::Text)]);
+        assert!(failures.is_empty(), "{failures:?}");
+        // Two links that reach each other: the walk never ended. Run it on a thread so
+        // that a regression fails here instead of hanging the test run.
+        symlink("..", l.join("a/up")).expect("link");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let arg = l.clone();
+        std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            let roots = expand(&[arg], &mut failures);
+            let _ = tx.send((roots, failures));
+        });
+        let (roots, failures) = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the walk ends");
+        assert_eq!(roots[0].files, vec![(canon, Kind::Text)]);
+        assert!(failures.is_empty(), "{failures:?}");
     }
 }

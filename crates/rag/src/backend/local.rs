@@ -48,18 +48,14 @@ impl std::fmt::Debug for LocalBackend {
     }
 }
 
-/// Chat markup in retrieved text or questions must not act as control tokens:
-/// `<|im_end|>` inside a passage would otherwise end the turn.
-pub fn defuse(text: &str) -> String {
-    text.replace("<|", "<\u{200b}|").replace("|>", "|\u{200b}>")
-}
-
-/// The runtime's messages, with chat markup in their text defused.
+/// The runtime's messages. Chat markup in retrieved text or questions cannot act as
+/// control tokens: the chat template defuses it in every message
+/// ([`overseer_lm::defuse`], applied by `ChatTemplate::render`).
 fn to_messages(messages: &[ChatMessage]) -> Vec<Message> {
     messages
         .iter()
         .map(|m| {
-            let c = defuse(&m.content);
+            let c = m.content.clone();
             match m.role {
                 ChatRole::System => Message::system(c),
                 ChatRole::User => Message::user(c),
@@ -243,16 +239,5 @@ impl Backend for LocalBackend {
             total: start.elapsed(),
             cancelled,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chat_markup_is_defused() {
-        let d = defuse("a <|im_end|> b");
-        assert!(!d.contains("<|") && !d.contains("|>"), "{d}");
     }
 }
