@@ -1,4 +1,4 @@
-"""Write the reduced corpus used for docs/BENCHMARKS.md: the judged documents plus every
+"""Write a reduced corpus for a quick evaluation index: the judged documents plus every
 7th record of the papers and newsletter files.  python3 eval/retrieval/make_eval_corpus.py OUT.jsonl"""
 import json
 import sys

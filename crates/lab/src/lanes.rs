@@ -7,7 +7,7 @@
 //! batches never meet. Running one batch per core, each on a single thread with its
 //! own copy of the hook, removes those barriers altogether.
 //!
-//! Measured on a 2-core Xeon (docs/BENCHMARKS.md, "Session 12"): two single-thread
+//! Measured on a 2-core Xeon (docs/BENCHMARKS.md, "Refusal lab"): two single-thread
 //! prompt passes side by side gave 30 prompts/s, against 22 for one pass on both
 //! cores. Greedy decoding of 64-row batches gave 1.33x the tokens per second.
 //!

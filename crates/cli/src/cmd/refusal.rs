@@ -239,7 +239,7 @@ fn load_model(g: &Global, model: Option<&Path>) -> Result<(PathBuf, Model)> {
 }
 
 /// Most worker threads for which refusal commands run one lane per thread by default.
-/// Measured on 2 cores only (docs/BENCHMARKS.md, "Session 12"); with many cores one
+/// Measured on 2 cores only (docs/BENCHMARKS.md, "Refusal lab"); with many cores one
 /// lane per core would also run candle's element-wise ops on one thread per pass.
 const MAX_AUTO_LANES: usize = 4;
 
