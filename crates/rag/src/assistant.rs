@@ -692,7 +692,7 @@ impl Assistant {
         if req.followups {
             let t = Instant::now();
             let reply = self.backend.chat(
-                &prompt::followup_messages(&standalone, &answer.evidence),
+                &prompt::followup_messages(&messages, &completion.text),
                 &self.params(72),
                 &mut |_| ControlFlow::Continue(()),
             );
@@ -961,7 +961,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::backend::{ChatMessage, Completion};
+    use crate::backend::{ChatMessage, ChatRole, Completion};
     use crate::grounding::tests::BowEmbedder;
     use crate::retrieve::tests::src;
 
@@ -1140,8 +1140,15 @@ mod tests {
         assert!(ans.followups[0].contains("mesa-optimizer"));
         // The prompt gives evidence sentences without our header format, and decoding
         // is told not to copy them.
-        let (msgs, params) = &b.calls()[0];
+        let calls = b.calls();
+        let (msgs, params) = &calls[0];
         let prompt = &msgs.last().expect("messages").content;
+        // The follow-up request continues the answer's conversation, so a backend
+        // keeping KV caches feeds only that request.
+        let follow = &calls[1].0;
+        assert_eq!(follow.len(), msgs.len() + 2);
+        assert_eq!(&follow[..msgs.len()], &msgs[..]);
+        assert_eq!(follow[msgs.len()].role, ChatRole::Assistant);
         assert!(prompt.contains("[1] Gradient hacking is when"), "{prompt}");
         assert!(!prompt.contains("Ada and Bob"), "{prompt}");
         assert!(params.copy_ngram > 0 && params.repeat_ngram > 0);

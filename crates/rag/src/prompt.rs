@@ -163,19 +163,19 @@ pub(crate) fn parse_rewrite(reply: &str) -> Option<String> {
     (line.len() >= 8 && line.len() <= 400).then(|| line.to_string())
 }
 
-/// Messages asking for follow-up questions that the evidence itself answers.
-pub(crate) fn followup_messages(question: &str, evidence: &[Evidence]) -> Vec<ChatMessage> {
-    vec![
-        ChatMessage::system(
-            "Suggest three short follow-up questions that the notes below answer and the \
-             reader did not ask yet. Write one question per line, each ending with a \
-             question mark, and nothing else.",
-        ),
-        ChatMessage::user(format!(
-            "Notes:\n{}\nThe reader asked: {question}\n\nThree follow-up questions the notes answer:",
-            notes(evidence)
-        )),
-    ]
+/// The follow-up request, asked after the answer in the answer's own conversation.
+const FOLLOWUP_ASK: &str = "Suggest three short follow-up questions that the notes above \
+answer and I did not ask yet. Write one question per line, each ending with a question mark, \
+and nothing else.";
+
+/// Messages asking for follow-up questions that the evidence itself answers: the
+/// answer's conversation (`answer_messages`, then the model's `reply`) continued with
+/// [`FOLLOWUP_ASK`], so a backend that keeps KV caches feeds only that request.
+pub(crate) fn followup_messages(answer_messages: &[ChatMessage], reply: &str) -> Vec<ChatMessage> {
+    let mut msgs = answer_messages.to_vec();
+    msgs.push(ChatMessage::assistant(reply));
+    msgs.push(ChatMessage::user(FOLLOWUP_ASK));
+    msgs
 }
 
 /// Up to three distinct questions from a follow-up reply: lines ending in `?`, list

@@ -1,6 +1,6 @@
 //! The embedded backend on a real GGUF model (SmolLM2-135M from `scripts/fetch-models`):
-//! chat markup inside messages stays text, the cached prompt prefix gives the same
-//! greedy reply as a fresh prefill, copy blocking keeps the reply from pasting a
+//! chat markup inside messages stays text, a cached prompt prefix gives the same greedy
+//! reply as a fresh prefill (a cached earlier exchange, the same opening), copy blocking keeps the reply from pasting a
 //! reference it would otherwise repeat, and a token floor keeps a reply from ending early.
 
 use std::ops::ControlFlow;
@@ -69,6 +69,49 @@ fn a_cached_prompt_prefix_gives_the_reply_of_a_fresh_prefill() {
     let (fresh, n_fresh) = reply(&backend(), &q("What is an inner optimizer?"), &params);
     assert_eq!(n_cached, n_fresh, "prompt tokens are counted in full");
     assert_eq!(cached, fresh);
+}
+
+#[test]
+fn a_continued_conversation_reuses_the_reply_cache_and_matches_a_fresh_prefill() {
+    let params = GenParams {
+        max_tokens: 24,
+        ..GenParams::default()
+    };
+    let first = vec![
+        ChatMessage::system("You explain AI safety ideas briefly."),
+        ChatMessage::user("What is reward hacking?"),
+    ];
+    let warm = backend();
+    let c = warm
+        .chat(&first, &params, &mut |_| ControlFlow::Continue(()))
+        .expect("chat");
+    assert!(c.completion_tokens > 0);
+    let mut next = first.clone();
+    next.push(ChatMessage::assistant(c.text.clone()));
+    next.push(ChatMessage::user("Give one example."));
+    let cont = warm
+        .chat(&next, &params, &mut |_| ControlFlow::Continue(()))
+        .expect("chat");
+    let fresh = backend()
+        .chat(&next, &params, &mut |_| ControlFlow::Continue(()))
+        .expect("chat");
+    // The second call forked the first call's session: its prompt and most of its
+    // reply were not fed again.
+    let first_prompt = c.prompt_tokens.expect("counted");
+    let reused = cont.cached_tokens.expect("local backend says");
+    assert!(
+        reused > first_prompt,
+        "reused {reused} of {first_prompt} + reply"
+    );
+    assert_eq!(fresh.cached_tokens, Some(0));
+    assert_eq!(cont.prompt_tokens, fresh.prompt_tokens);
+    // The reused reply's KV cache was computed one token at a time by decode steps, a
+    // fresh prefill computes it in one batch (another summation order), so a near-tie
+    // late in the reply may go either way; a wrong position or a cache cut in the wrong
+    // place changes the reply from its first words.
+    let head = |t: &str| t.split_whitespace().take(8).collect::<Vec<_>>().join(" ");
+    assert!(fresh.text.split_whitespace().count() >= 8, "{}", fresh.text);
+    assert_eq!(head(&cont.text), head(&fresh.text));
 }
 
 #[test]

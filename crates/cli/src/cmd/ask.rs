@@ -44,7 +44,8 @@ pub struct LlmArgs {
     #[arg(long, default_value_t = 2048)]
     pub llm_context: usize,
     /// Abstain when no source reaches this cosine similarity to the question
-    /// [default: the calibrated value, see docs/BENCHMARKS.md].
+    /// [default: 0.35, `AssistantConfig::default`; its abstention and false-abstention
+    /// rates on the answer eval are in docs/BENCHMARKS.md, "Grounded answers"].
     #[arg(long)]
     pub min_relevance: Option<f32>,
     /// Most tokens of sources put in the prompt (bounds prompt processing time).

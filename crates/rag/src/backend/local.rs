@@ -3,10 +3,12 @@
 //! loaded model serves concurrent callers). Every front end (CLI, server) answers
 //! through this one type, so control-token escaping and copy blocking hold everywhere.
 //!
-//! The answer prompt opens with a fixed system turn and worked example: the KV cache
-//! of everything before the last message is kept (a few entries, most recent first)
-//! and forked for the next call whose prompt starts with the same tokens, so each
-//! question pays only for its own evidence and question.
+//! Calls share long prompt prefixes: every answer opens with the same system turn, and
+//! the follow-up suggestions continue the answer's own conversation. So the KV cache
+//! of each call (prompt and reply) is kept, a few entries, most recent first, and the
+//! next call forks the entry sharing the longest token prefix with its prompt and
+//! feeds only the rest: a question pays for its evidence and question, its follow-ups
+//! for one short instruction.
 
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -24,10 +26,13 @@ use crate::Result;
 /// CPU grows with it, and answers need far less.
 const MAX_WINDOW: usize = 4096;
 
-/// Cached prompt prefixes kept at most.
+/// Cached sessions kept at most.
 const PREFIX_CACHE: usize = 4;
 
-/// A cached prompt prefix: its tokens and a one-row session holding exactly them.
+/// Shared prefixes shorter than this are fed again rather than forked.
+const MIN_SHARED: usize = 16;
+
+/// A cached session: the tokens it was fed and a one-row session holding exactly them.
 struct Prefix {
     tokens: Vec<u32>,
     session: Session,
@@ -107,49 +112,51 @@ impl LocalBackend {
     }
 
     /// A session holding the longest cached prefix of `prompt` (forked, so the cache
-    /// stays intact), or a fresh one; and how many prompt tokens it already holds.
+    /// stays intact, and cut to the shared part), or a fresh one; and how many prompt
+    /// tokens it already holds. At least the prompt's last token is always left to
+    /// feed, so the first sampled token has fresh logits.
     fn session_for(&self, prompt: &[u32], reserve: usize) -> (Session, usize) {
         if let Ok(cache) = self.prefixes.lock() {
             let hit = cache
                 .iter()
-                .filter(|p| p.tokens.len() < prompt.len() && prompt.starts_with(&p.tokens))
-                .max_by_key(|p| p.tokens.len());
-            if let Some(p) = hit
-                && let Ok(s) = p.session.fork(1, reserve)
+                .map(|p| {
+                    (
+                        p,
+                        shared_prefix(&p.tokens, prompt).min(prompt.len().saturating_sub(1)),
+                    )
+                })
+                .filter(|&(_, n)| n >= MIN_SHARED)
+                .max_by_key(|&(_, n)| n);
+            if let Some((p, n)) = hit
+                && let Ok(mut s) = p.session.fork(1, reserve)
             {
-                return (s, p.tokens.len());
+                s.truncate(n);
+                if s.len() == n {
+                    return (s, n);
+                }
             }
         }
         (self.model.session(1), 0)
     }
 
-    /// Keep the KV cache of `prefix` (a prefix of what `session` was fed) for later
-    /// calls, unless it is already kept.
-    fn remember(&self, prefix: &[u32], mut session: Session) {
-        if prefix.is_empty() || session.len() < prefix.len() {
+    /// Keep `session` (fed exactly `tokens`) for later calls, most recent first; an
+    /// entry it extends is replaced.
+    fn remember(&self, tokens: Vec<u32>, session: Session) {
+        if tokens.len() < MIN_SHARED || session.len() != tokens.len() {
             return;
         }
         let Ok(mut cache) = self.prefixes.lock() else {
             return;
         };
-        if let Some(i) = cache.iter().position(|p| p.tokens == prefix) {
-            let p = cache.remove(i);
-            cache.insert(0, p);
-            return;
-        }
-        session.truncate(prefix.len());
-        if session.len() != prefix.len() {
-            return;
-        }
-        cache.insert(
-            0,
-            Prefix {
-                tokens: prefix.to_vec(),
-                session,
-            },
-        );
+        cache.retain(|p| !tokens.starts_with(&p.tokens));
+        cache.insert(0, Prefix { tokens, session });
         cache.truncate(PREFIX_CACHE);
     }
+}
+
+/// How many leading tokens `a` and `b` share.
+fn shared_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 impl Backend for LocalBackend {
@@ -178,16 +185,6 @@ impl Backend for LocalBackend {
         let start = Instant::now();
         let msgs = to_messages(messages);
         let prompt = self.model.encode_chat(&msgs, true)?;
-        // Everything before the last message: the part a later call may share.
-        let prefix = match msgs.len() {
-            0 | 1 => Vec::new(),
-            n => self
-                .model
-                .encode_chat(&msgs[..n - 1], false)
-                .ok()
-                .filter(|p| prompt.starts_with(p))
-                .unwrap_or_default(),
-        };
         let block = NgramBlock::copies(params.copy_ngram, &params.avoid_copying);
         let opts = GenerateOptions {
             max_tokens: params.max_tokens,
@@ -220,20 +217,18 @@ impl Backend for LocalBackend {
                 flow
             },
         )?;
-        if prefix.len() > cached {
-            self.remember(&prefix, session);
-        } else if !prefix.is_empty() {
-            // Refresh its place in the cache.
-            if let Ok(mut cache) = self.prefixes.lock()
-                && let Some(i) = cache.iter().position(|p| p.tokens == prefix)
-            {
-                let p = cache.remove(i);
-                cache.insert(0, p);
-            }
-        }
+        // What the session was fed: the prompt, then the reply (its last token may not
+        // have been fed yet).
+        let mut fed = prompt;
+        fed.extend_from_slice(&g.tokens);
+        let n = fed.len().min(session.len());
+        fed.truncate(n);
+        session.truncate(n);
+        self.remember(fed, session);
         Ok(Completion {
             text: g.text,
             prompt_tokens: Some(g.prompt_tokens + cached),
+            cached_tokens: Some(cached),
             completion_tokens: g.tokens.len(),
             first_token: first,
             total: start.elapsed(),

@@ -96,6 +96,9 @@ pub struct Completion {
     pub text: String,
     /// Prompt tokens, when the backend knows them.
     pub prompt_tokens: Option<usize>,
+    /// Of those, the ones whose KV cache an earlier call had computed (the local
+    /// backend's shared prefixes); `None` when the backend does not say.
+    pub cached_tokens: Option<usize>,
     /// Generated tokens (or streamed chunks for servers that do not report usage).
     pub completion_tokens: usize,
     /// From the call to the first generated text (prompt processing for local models,
