@@ -84,14 +84,17 @@ pub(crate) fn norm_key(s: &str) -> String {
 
 /// Parse a date: `YYYY`, `YYYY-MM`, `YYYY-MM-DD` or RFC 3339. `end` picks the last
 /// instant of a partial date (for `--until`).
+///
+/// Dates tantivy cannot store (it keeps nanoseconds in an i64: before 1677-09-21 or after
+/// 2262-04-11) are not dates: `None`, not an overflow.
 pub(crate) fn parse_date(s: &str, end: bool) -> Option<DateTime> {
     use chrono::{NaiveDate, NaiveDateTime};
     let s = s.trim();
     if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Some(DateTime::from_timestamp_secs(dt.timestamp()));
+        return from_secs(dt.timestamp());
     }
     if let Ok(dt) = NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S") {
-        return Some(DateTime::from_timestamp_secs(dt.and_utc().timestamp()));
+        return from_secs(dt.and_utc().timestamp());
     }
     let parts: Vec<&str> = s.split('-').collect();
     let num = |i: usize| parts.get(i).and_then(|p| p.parse::<u32>().ok());
@@ -121,7 +124,15 @@ pub(crate) fn parse_date(s: &str, end: bool) -> Option<DateTime> {
     } else {
         date.and_hms_opt(0, 0, 0)?
     };
-    Some(DateTime::from_timestamp_secs(t.and_utc().timestamp()))
+    from_secs(t.and_utc().timestamp())
+}
+
+/// A tantivy date `secs` after the Unix epoch, if its nanoseconds fit an i64.
+fn from_secs(secs: i64) -> Option<DateTime> {
+    const MAX_SECS: i64 = i64::MAX / 1_000_000_000;
+    (-MAX_SECS..=MAX_SECS)
+        .contains(&secs)
+        .then(|| DateTime::from_timestamp_secs(secs))
 }
 
 /// The tantivy document of one chunk.
@@ -279,6 +290,24 @@ mod tests {
         assert_eq!(ts("2020", true), ts("2020-12-31T23:59:59Z", false));
         assert_eq!(ts("yesterday", false), None);
         assert_eq!(ts("2020-13-01", false), None);
+    }
+
+    #[test]
+    fn dates_tantivy_cannot_store_are_not_dates() {
+        // Year 2 (found by fuzzing the search filters) overflowed tantivy's nanoseconds.
+        for s in [
+            "2",
+            "0002-01-01",
+            "1600",
+            "2263",
+            "9999-12-31T23:59:59Z",
+            "262143",
+        ] {
+            assert_eq!(parse_date(s, false), None, "{s}");
+            assert_eq!(parse_date(s, true), None, "{s}");
+        }
+        assert!(parse_date("1678", false).is_some());
+        assert!(parse_date("2262", false).is_some());
     }
 
     #[test]

@@ -35,5 +35,5 @@ pub use search::{
     DEFAULT_DEPTH, Document, Filters, Index, IndexStats, MAX_K, MAX_QUERY_CHARS, Mode, Passage,
     SearchHit, SearchRequest, StageTimes, highlight_spans, truncate_query,
 };
-pub use source::{DocMeta, Failure};
+pub use source::{DocMeta, Failure, parse_bytes};
 pub use vectors::Scored;

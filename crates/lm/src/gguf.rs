@@ -294,6 +294,86 @@ fn first_line(e: &dyn std::fmt::Display) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
+/// Read and validate a GGUF header from `reader` (at the start of a file of `file_size`
+/// bytes): magic, parseable metadata, every tensor's data inside the file. `path` only
+/// names the file in errors.
+///
+/// Errors: [`Error::Io`], [`Error::BadMagic`], [`Error::Corrupt`], [`Error::Metadata`].
+fn read_header<R: Read + Seek>(reader: &mut R, file_size: u64, path: &Path) -> Result<Content> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let corrupt = |reason: String| Error::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut head = Vec::with_capacity(4);
+    (&mut *reader).take(4).read_to_end(&mut head).map_err(io)?;
+    let mut magic = [0u8; 4];
+    magic[..head.len()].copy_from_slice(&head);
+    if head.len() < 4 || &magic != b"GGUF" {
+        return Err(Error::BadMagic {
+            path: path.to_path_buf(),
+            magic,
+        });
+    }
+    // candle's reader divides by `general.alignment`: check it first.
+    reader.rewind().map_err(io)?;
+    if let Some(v) = header::alignment(reader, file_size)
+        && !header::valid_alignment(v)
+    {
+        return Err(Error::Metadata {
+            path: path.to_path_buf(),
+            key: "general.alignment".into(),
+            reason: format!(
+                "{v} is not a power of two between 1 and 2^30 stored as an integer of at most 32 bits"
+            ),
+        });
+    }
+    reader.rewind().map_err(io)?;
+    let content =
+        Content::read(reader).map_err(|e| corrupt(format!("header: {}", first_line(&e))))?;
+    // Every tensor's data must lie inside the file (a truncated download fails here
+    // instead of at the first read). Sizes are computed with checked arithmetic: a
+    // shape whose product wraps around is refused, not counted as empty.
+    for (name, t) in &content.tensor_infos {
+        let elems = element_count(t.shape.dims()).ok_or_else(|| {
+            corrupt(format!(
+                "tensor '{name}' has shape {:?}, more elements than this machine can address",
+                t.shape.dims()
+            ))
+        })?;
+        let block = t.ggml_dtype.block_size() as u64;
+        if !elems.is_multiple_of(block) {
+            return Err(corrupt(format!(
+                "tensor '{name}' has {elems} elements, not a multiple of the {} block size {block}",
+                dtype_name(t.ggml_dtype)
+            )));
+        }
+        let Some(bytes) = (elems / block).checked_mul(t.ggml_dtype.type_size() as u64) else {
+            return Err(corrupt(format!(
+                "tensor '{name}' has shape {:?}, too large to store",
+                t.shape.dims()
+            )));
+        };
+        let end = content
+            .tensor_data_offset
+            .checked_add(t.offset)
+            .and_then(|s| s.checked_add(bytes));
+        match end {
+            Some(end) if end <= file_size => {}
+            _ => {
+                return Err(corrupt(format!(
+                    "tensor '{name}' needs bytes up to {} but the file has only {file_size} (truncated download?)",
+                    end.map_or("overflow".to_string(), |e| e.to_string())
+                )));
+            }
+        }
+    }
+    Ok(content)
+}
+
 /// An opened, validated GGUF file: the parsed header plus a handle to read tensors.
 pub(crate) struct GgufFile {
     pub path: PathBuf,
@@ -314,76 +394,10 @@ impl GgufFile {
             path: path.to_path_buf(),
             source,
         };
-        let corrupt = |reason: String| Error::Corrupt {
-            path: path.to_path_buf(),
-            reason,
-        };
         let file = File::open(path).map_err(io)?;
         let file_size = file.metadata().map_err(io)?.len();
         let mut reader = BufReader::new(file);
-        let mut head = Vec::with_capacity(4);
-        (&mut reader).take(4).read_to_end(&mut head).map_err(io)?;
-        let mut magic = [0u8; 4];
-        magic[..head.len()].copy_from_slice(&head);
-        if head.len() < 4 || &magic != b"GGUF" {
-            return Err(Error::BadMagic {
-                path: path.to_path_buf(),
-                magic,
-            });
-        }
-        // candle's reader divides by `general.alignment`: check it first.
-        reader.rewind().map_err(io)?;
-        if let Some(v) = header::alignment(&mut reader, file_size)
-            && !header::valid_alignment(v)
-        {
-            return Err(Error::Metadata {
-                path: path.to_path_buf(),
-                key: "general.alignment".into(),
-                reason: format!(
-                    "{v} is not a power of two between 1 and 2^30 stored as an integer of at most 32 bits"
-                ),
-            });
-        }
-        reader.rewind().map_err(io)?;
-        let content = Content::read(&mut reader)
-            .map_err(|e| corrupt(format!("header: {}", first_line(&e))))?;
-        // Every tensor's data must lie inside the file (a truncated download fails here
-        // instead of at the first read). Sizes are computed with checked arithmetic: a
-        // shape whose product wraps around is refused, not counted as empty.
-        for (name, t) in &content.tensor_infos {
-            let elems = element_count(t.shape.dims()).ok_or_else(|| {
-                corrupt(format!(
-                    "tensor '{name}' has shape {:?}, more elements than this machine can address",
-                    t.shape.dims()
-                ))
-            })?;
-            let block = t.ggml_dtype.block_size() as u64;
-            if !elems.is_multiple_of(block) {
-                return Err(corrupt(format!(
-                    "tensor '{name}' has {elems} elements, not a multiple of the {} block size {block}",
-                    dtype_name(t.ggml_dtype)
-                )));
-            }
-            let Some(bytes) = (elems / block).checked_mul(t.ggml_dtype.type_size() as u64) else {
-                return Err(corrupt(format!(
-                    "tensor '{name}' has shape {:?}, too large to store",
-                    t.shape.dims()
-                )));
-            };
-            let end = content
-                .tensor_data_offset
-                .checked_add(t.offset)
-                .and_then(|s| s.checked_add(bytes));
-            match end {
-                Some(end) if end <= file_size => {}
-                _ => {
-                    return Err(corrupt(format!(
-                        "tensor '{name}' needs bytes up to {} but the file has only {file_size} (truncated download?)",
-                        end.map_or("overflow".to_string(), |e| e.to_string())
-                    )));
-                }
-            }
-        }
+        let content = read_header(&mut reader, file_size, path)?;
         Ok(Self {
             path: path.to_path_buf(),
             file_size,
@@ -507,77 +521,80 @@ impl GgufFile {
 
     /// Summarise the file.
     pub fn info(&self) -> GgufInfo {
-        let c = &self.content;
-        let architecture = meta_str(c, "general.architecture")
-            .unwrap_or("")
-            .to_string();
-        let (config, config_error) = match Architecture::from_gguf_name(&architecture)
-            .map(|a| ModelConfig::from_gguf(&self.path, c, a))
-        {
-            Some(Ok(config)) => (Some(config), None),
-            Some(Err(e)) => (None, Some(e.to_string())),
-            None => (None, None),
-        };
-        let mut tensors: Vec<TensorInfo> = c
-            .tensor_infos
-            .iter()
-            .map(|(name, t)| {
-                let elems = t.shape.elem_count() as u64;
-                TensorInfo {
-                    name: name.clone(),
-                    dtype: dtype_name(t.ggml_dtype).to_string(),
-                    shape: t.shape.dims().to_vec(),
-                    offset: c.tensor_data_offset + t.offset,
-                    bytes: elems / t.ggml_dtype.block_size() as u64
-                        * t.ggml_dtype.type_size() as u64,
-                }
-            })
-            .collect();
-        tensors.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut tensor_types: BTreeMap<String, TypeCount> = BTreeMap::new();
-        let mut parameter_count = 0u64;
-        for t in &tensors {
-            // `open` checked that each product fits; the sums saturate.
-            let params = element_count(&t.shape).unwrap_or(u64::MAX);
-            parameter_count = parameter_count.saturating_add(params);
-            let e = tensor_types.entry(t.dtype.clone()).or_insert(TypeCount {
-                tensors: 0,
-                params: 0,
-                bytes: 0,
-            });
-            e.tensors += 1;
-            e.params = e.params.saturating_add(params);
-            e.bytes = e.bytes.saturating_add(t.bytes);
-        }
-        let quantization = tensor_types
-            .iter()
-            .max_by_key(|(_, c)| c.params)
-            .map_or_else(|| "none".to_string(), |(k, _)| k.clone());
-        let file_type = crate::config::meta_usize(c, "general.file_type")
-            .and_then(file_type_name)
-            .map(str::to_string);
-        let chat_template = meta_str(c, "tokenizer.chat_template").map(str::to_string);
-        let metadata = c
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.clone(), value_to_json(v)))
-            .collect();
-        GgufInfo {
-            path: self.path.clone(),
-            file_size: self.file_size,
-            architecture,
-            name: meta_str(c, "general.name").map(str::to_string),
-            config,
-            config_error,
-            parameter_count,
-            quantization,
-            file_type,
-            tensor_types,
-            has_chat_template: chat_template.is_some(),
-            chat_template,
-            metadata,
-            tensors,
-        }
+        summarise(&self.path, self.file_size, &self.content)
+    }
+}
+
+/// Summarise a validated header (see [`read_header`]) of a file of `file_size` bytes.
+fn summarise(path: &Path, file_size: u64, c: &Content) -> GgufInfo {
+    let architecture = meta_str(c, "general.architecture")
+        .unwrap_or("")
+        .to_string();
+    let (config, config_error) = match Architecture::from_gguf_name(&architecture)
+        .map(|a| ModelConfig::from_gguf(path, c, a))
+    {
+        Some(Ok(config)) => (Some(config), None),
+        Some(Err(e)) => (None, Some(e.to_string())),
+        None => (None, None),
+    };
+    let mut tensors: Vec<TensorInfo> = c
+        .tensor_infos
+        .iter()
+        .map(|(name, t)| {
+            let elems = t.shape.elem_count() as u64;
+            TensorInfo {
+                name: name.clone(),
+                dtype: dtype_name(t.ggml_dtype).to_string(),
+                shape: t.shape.dims().to_vec(),
+                offset: c.tensor_data_offset + t.offset,
+                bytes: elems / t.ggml_dtype.block_size() as u64 * t.ggml_dtype.type_size() as u64,
+            }
+        })
+        .collect();
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut tensor_types: BTreeMap<String, TypeCount> = BTreeMap::new();
+    let mut parameter_count = 0u64;
+    for t in &tensors {
+        // `open` checked that each product fits; the sums saturate.
+        let params = element_count(&t.shape).unwrap_or(u64::MAX);
+        parameter_count = parameter_count.saturating_add(params);
+        let e = tensor_types.entry(t.dtype.clone()).or_insert(TypeCount {
+            tensors: 0,
+            params: 0,
+            bytes: 0,
+        });
+        e.tensors += 1;
+        e.params = e.params.saturating_add(params);
+        e.bytes = e.bytes.saturating_add(t.bytes);
+    }
+    let quantization = tensor_types
+        .iter()
+        .max_by_key(|(_, c)| c.params)
+        .map_or_else(|| "none".to_string(), |(k, _)| k.clone());
+    let file_type = crate::config::meta_usize(c, "general.file_type")
+        .and_then(file_type_name)
+        .map(str::to_string);
+    let chat_template = meta_str(c, "tokenizer.chat_template").map(str::to_string);
+    let metadata = c
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), value_to_json(v)))
+        .collect();
+    GgufInfo {
+        path: path.to_path_buf(),
+        file_size,
+        architecture,
+        name: meta_str(c, "general.name").map(str::to_string),
+        config,
+        config_error,
+        parameter_count,
+        quantization,
+        file_type,
+        tensor_types,
+        has_chat_template: chat_template.is_some(),
+        chat_template,
+        metadata,
+        tensors,
     }
 }
 
@@ -588,6 +605,17 @@ impl GgufInfo {
     /// not an error here (`config` is `None`).
     pub fn read(path: &Path) -> Result<Self> {
         Ok(GgufFile::open(path)?.info())
+    }
+
+    /// [`GgufInfo::read`] of a file held in memory (for fuzzing, and for callers that
+    /// already hold the bytes); `path` only names the file in errors and in
+    /// [`GgufInfo::path`].
+    ///
+    /// Errors: as [`GgufInfo::read`], less [`Error::Io`] for the file itself.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let size = bytes.len() as u64;
+        let content = read_header(&mut std::io::Cursor::new(bytes), size, path)?;
+        Ok(summarise(path, size, &content))
     }
 }
 
@@ -902,6 +930,24 @@ mod tests {
         std::fs::write(&p, bytes).expect("write");
         let info = GgufInfo::read(&p).expect("alignment 64 is valid");
         assert_eq!(info.tensors[0].offset % 64, 0);
+    }
+
+    #[test]
+    fn from_bytes_reads_like_a_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let p = dir.path().join("tiny.gguf");
+        synthetic(&p, &["token_embd.weight", "output_norm.weight"]);
+        let bytes = std::fs::read(&p).expect("read");
+        let from_file = GgufInfo::read(&p).expect("valid");
+        let from_bytes = GgufInfo::from_bytes(&bytes, &p).expect("valid");
+        assert_eq!(
+            serde_json::to_value(&from_file).expect("json"),
+            serde_json::to_value(&from_bytes).expect("json")
+        );
+        let e = GgufInfo::from_bytes(&bytes[..bytes.len() - 1], &p).expect_err("truncated");
+        assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
+        let e = GgufInfo::from_bytes(b"GG", &p).expect_err("short");
+        assert!(matches!(e, Error::BadMagic { .. }), "{e:?}");
     }
 
     #[test]

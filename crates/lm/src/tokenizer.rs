@@ -603,14 +603,23 @@ impl Tokenizer {
     fn bpe(&self, piece: &[u8], out: &mut Vec<u32>) -> Result<()> {
         let mut ids: Vec<u32> = Vec::with_capacity(piece.len());
         for &b in piece {
-            match self.byte_tokens[usize::from(b)].or(self.unk) {
-                Some(id) => ids.push(id),
-                None => {
+            match (self.byte_tokens[usize::from(b)], self.unk) {
+                (Some(id), _) => ids.push(id),
+                // A byte the vocabulary lacks becomes the unknown token, unless that is a
+                // control token (SmolLM2's is `<|endoftext|>`, which would end the text
+                // mid-prompt): then the byte is dropped, as llama.cpp drops bytes without
+                // a token. Plain text never makes a control token.
+                (None, Some(u)) if self.types[u as usize] != TokenType::Control => ids.push(u),
+                (None, Some(_)) => {}
+                (None, None) => {
                     return Err(Error::Tokenizer(format!(
                         "byte 0x{b:02x} has no token and the vocabulary has no unknown token"
                     )));
                 }
             }
+        }
+        if ids.is_empty() {
+            return Ok(());
         }
         if ids.len() == 1 {
             out.push(ids[0]);
@@ -909,6 +918,28 @@ mod tests {
             Path::new("toy"),
         )
         .expect("toy tokenizer builds")
+    }
+
+    #[test]
+    fn missing_bytes_never_become_a_control_token() {
+        // SmolLM2 lacks a few byte symbols (0x04 among them) and its unknown token is the
+        // control token <|endoftext|>: found by fuzzing, "\u{4}" encoded to end-of-text.
+        let mut t = toy("gpt2");
+        assert!(t.byte_tokens[4].take().is_some(), "toy has every byte");
+        let eos = t.eos.expect("toy has eos");
+        t.unk = Some(eos);
+        for parse_control in [true, false] {
+            let ids = t.encode_impl("a\u{4}b\u{4}", false, parse_control).unwrap();
+            assert!(!ids.contains(&eos), "{ids:?}");
+            assert_eq!(t.decode(&ids).unwrap(), "ab");
+        }
+        // An unknown token that is not a control token still stands for the byte.
+        t.types[0] = TokenType::Unknown;
+        t.unk = Some(0);
+        assert_eq!(t.encode("\u{4}", false).unwrap(), vec![0]);
+        // Without an unknown token the byte is an error, as before.
+        t.unk = None;
+        assert!(t.encode("\u{4}", false).is_err());
     }
 
     #[test]

@@ -264,24 +264,46 @@ pub(crate) fn read_file(
         Ok(b) => b,
         Err(e) => return emit(fail(format!("cannot read: {e}"))),
     };
+    emit(file_item(root, &location, path, kind, &bytes, max_bytes));
+}
+
+/// The document (or failure) of one non-JSONL file at `location` (`path`) holding `bytes`.
+fn file_item(
+    root: &Root,
+    location: &str,
+    path: &Path,
+    kind: Kind,
+    bytes: &[u8],
+    max_bytes: usize,
+) -> Item {
+    let fail = |reason: String| {
+        Item::Failed(Failure {
+            location: location.to_string(),
+            id: Some(location.to_string()),
+            reason,
+        })
+    };
+    if kind != Kind::Pdf && bytes.len() > max_bytes {
+        return fail(too_large("the file", bytes.len() as u64, max_bytes));
+    }
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let (title, text) = match kind {
-        Kind::Pdf => match pdf::extract(&bytes) {
+        Kind::Pdf => match pdf::extract(bytes) {
             Ok(t) if t.len() > max_bytes => {
-                return emit(fail(too_large("its text", t.len() as u64, max_bytes)));
+                return fail(too_large("its text", t.len() as u64, max_bytes));
             }
             Ok(t) => (stem, t),
-            Err(reason) => return emit(fail(reason)),
+            Err(reason) => return fail(reason),
         },
         _ => {
-            let raw = String::from_utf8_lossy(&bytes);
+            let raw = String::from_utf8_lossy(bytes);
             match kind {
                 Kind::Html => match html::to_text(&raw) {
                     Ok(t) => t,
-                    Err(reason) => return emit(fail(reason)),
+                    Err(reason) => return fail(reason),
                 },
                 Kind::Markdown => markdown(&raw, &stem),
                 _ => (plain_title(&raw, &stem), raw.replace("\r\n", "\n")),
@@ -289,10 +311,10 @@ pub(crate) fn read_file(
         }
     };
     if text.trim().is_empty() {
-        return emit(fail("no text".into()));
+        return fail("no text".into());
     }
     let meta = DocMeta {
-        id: location.clone(),
+        id: location.to_string(),
         title,
         url: Some(format!("file://{location}")),
         source: root.name.clone(),
@@ -307,12 +329,51 @@ pub(crate) fn read_file(
         ),
         ..DocMeta::default()
     };
-    emit(Item::Doc(Box::new(SourceDoc {
+    Item::Doc(Box::new(SourceDoc {
         meta,
         text,
         origin: root.origin.clone(),
-        location,
-    })));
+        location: location.to_string(),
+    }))
+}
+
+/// What ingest makes of one file named `name` holding `bytes`, read from memory: the
+/// reader is chosen by the extension as for files on disk (`.jsonl`, `.md`, `.html`,
+/// `.pdf`, `.txt`, ...), and each document comes as its metadata and text (one per
+/// JSONL record), each bad record or file as a [`Failure`]. Documents over `max_bytes`
+/// are failures, as in [`crate::IngestOptions::max_record_bytes`]. For fuzzing and tests
+/// of the readers; an unsupported extension gives one failure.
+pub fn parse_bytes(
+    name: &str,
+    bytes: &[u8],
+    max_bytes: usize,
+) -> Vec<std::result::Result<(DocMeta, String), Failure>> {
+    let path = Path::new(name);
+    let root = Root {
+        origin: name.to_string(),
+        name: path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "files".to_string()),
+        files: Vec::new(),
+    };
+    let mut out = Vec::new();
+    let mut emit = |item: Item| {
+        out.push(match item {
+            Item::Doc(d) => Ok((d.meta, d.text)),
+            Item::Failed(f) => Err(f),
+        });
+    };
+    match Kind::of(path) {
+        None => emit(Item::Failed(Failure {
+            location: name.to_string(),
+            id: None,
+            reason: "unsupported file type".into(),
+        })),
+        Some(Kind::Jsonl) => read_lines(&root, name, bytes, max_bytes, &mut emit, &mut |_| {}),
+        Some(kind) => emit(file_item(&root, name, path, kind, bytes, max_bytes)),
+    }
+    out
 }
 
 /// Markdown: drop a YAML front-matter block (taking `title:` from it), title from the
@@ -366,8 +427,20 @@ fn read_jsonl(
             }));
         }
     };
+    let reader = BufReader::with_capacity(1 << 20, file);
+    read_lines(root, &location, reader, max_bytes, emit, tick);
+}
+
+/// The records of a JSONL file at `location`, from `reader`; see [`read_file`].
+fn read_lines(
+    root: &Root,
+    location: &str,
+    mut reader: impl BufRead,
+    max_bytes: usize,
+    emit: &mut dyn FnMut(Item),
+    tick: &mut dyn FnMut(u64),
+) {
     let default_source = root.name.clone();
-    let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut buf = Vec::new();
     let mut line_no = 0usize;
     loop {
@@ -579,6 +652,36 @@ mod tests {
         // summaries stand in for a missing text
         let (m, t) = parse_ard(r#"{"id":"y","summaries":["a","b"]}"#, "s").expect("summaries");
         assert_eq!((m.source.as_str(), t.as_str()), ("s", "a\n\nb"));
+    }
+
+    #[test]
+    fn parse_bytes_reads_like_files() {
+        let jsonl =
+            b"{\"id\":\"a\",\"text\":\"one\"}\n\nnot json\n{\"id\":\"b\",\"text\":\"two\"}\n";
+        let got = parse_bytes("set.jsonl", jsonl, 1 << 20);
+        assert_eq!(got.len(), 3);
+        let (m, t) = got[0].as_ref().expect("record");
+        assert_eq!(
+            (m.id.as_str(), t.as_str(), m.source.as_str()),
+            ("a", "one", "set")
+        );
+        let f = got[1].as_ref().expect_err("bad line");
+        assert_eq!(f.location, "set.jsonl:3");
+        assert!(got[2].is_ok());
+        let got = parse_bytes("page.html", b"<h1>T</h1><p>Body text.</p>", 1 << 20);
+        let (m, t) = got[0].as_ref().expect("html");
+        assert_eq!(m.source_type.as_deref(), Some("html"));
+        assert!(t.contains("Body text."), "{t}");
+        let got = parse_bytes(
+            "paper.pdf",
+            &test_pdf(Some("Hello from a PDF file with words")),
+            1 << 20,
+        );
+        assert!(got[0].as_ref().expect("pdf").1.contains("Hello"));
+        // Limits and unsupported kinds are failures, as for files.
+        assert!(parse_bytes("big.txt", &[b'x'; 100], 10)[0].is_err());
+        assert!(parse_bytes("empty.md", b"  \n", 10)[0].is_err());
+        assert!(parse_bytes("x.docx", b"text", 10)[0].is_err());
     }
 
     #[test]
