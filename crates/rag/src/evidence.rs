@@ -151,10 +151,7 @@ pub(crate) fn select(
     for (d, (_, passages)) in docs.iter().enumerate() {
         for (pi, p) in passages.iter().enumerate() {
             for s in sentences(&p.passage) {
-                let text = visible(s.text)
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                let text = evidence_text(s.text);
                 if !is_prose(&text)
                     || is_instruction(&text)
                     || cands.iter().any(|c| c.doc == d && c.text == text)
@@ -256,6 +253,18 @@ fn similarity(a: &Candidate, b: &Candidate) -> f32 {
     }
 }
 
+/// A sentence as the model and the reader see it: invisible characters removed, the
+/// source's own citation marks (`[7]`, `[3, 4]`: numbers of its bibliography, which
+/// would read as ours) dropped, whitespace collapsed.
+fn evidence_text(sentence: &str) -> String {
+    let text = crate::quality::strip_citations(&visible(sentence));
+    let mut out = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for p in [" .", " ,", " ;", " :", " !", " ?"] {
+        out = out.replace(p, &p[1..]);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +317,21 @@ mod tests {
             let b = text.find("protect its objective").unwrap_or(0);
             assert!(a < b || b == 0, "{text}");
         }
+    }
+
+    #[test]
+    fn a_sources_own_citation_marks_are_not_evidence() {
+        let hits = vec![src(
+            "ls",
+            "Lindqvist score",
+            "The Lindqvist alignment score rates answers by agreement with a panel [7]. \
+             Critics note the panel agrees with itself only moderately [12, 31].",
+        )];
+        let q = "What is the Lindqvist alignment score?";
+        let ev = select(q, &hits, None, None, &EvidenceConfig::default()).unwrap_or_default();
+        let text = ev.iter().map(Evidence::text).collect::<String>();
+        assert!(text.contains("agreement with a panel."), "{text}");
+        assert!(!text.contains('['), "{text}");
     }
 
     #[test]
