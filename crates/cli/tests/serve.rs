@@ -164,6 +164,28 @@ fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
+/// `overseer ask --json` on SmolLM2 with 2 threads (plus `extra` flags): its answer object.
+fn cli_ask(data: &Path, extra: &[&str], question: &str) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_overseer"))
+        .args(["ask", "--json", "--threads", "2"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--model")
+        .arg(models().join("SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .arg(question)
+        .env("OVERSEER_MODELS_DIR", models())
+        .env_remove("OVERSEER_LLM_URL")
+        .output()
+        .expect("run overseer ask");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ask --json")
+}
+
 #[test]
 fn serve_answers_search_ask_and_guards_admin() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -235,22 +257,7 @@ fn serve_answers_search_ask_and_guards_admin() {
         .and_then(|rest| rest.lines().find_map(|l| l.strip_prefix("data: ")))
         .expect("done event data");
     let api = json(done);
-    let out = Command::new(env!("CARGO_BIN_EXE_overseer"))
-        .args(["ask", "--json", "--mode", "concise", "--threads", "2"])
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--model")
-        .arg(models().join("SmolLM2-135M-Instruct.Q4_1.gguf"))
-        .arg("What is reward hacking?")
-        .env_remove("OVERSEER_LLM_URL")
-        .output()
-        .expect("run overseer ask");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cli: Value = serde_json::from_slice(&out.stdout).expect("ask --json");
+    let cli = cli_ask(&data, &["--mode", "concise"], "What is reward hacking?");
     assert_eq!(api["answer"], cli["answer"], "API {api}\nCLI {cli}");
     assert_eq!(api["citations"], cli["citations"]);
     assert_eq!(api["abstained"], cli["abstained"]);
@@ -376,22 +383,7 @@ fn injected_documents_are_never_obeyed_through_cli_or_api() {
     assert!(questions.len() >= 12, "{} questions", questions.len());
     let mut failures = Vec::new();
     for q in &questions {
-        let out = Command::new(env!("CARGO_BIN_EXE_overseer"))
-            .args(["ask", "--json", "--threads", "2", "--data-dir"])
-            .arg(&data)
-            .arg("--model")
-            .arg(m.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
-            .arg(q["question"].as_str().expect("question"))
-            .env("OVERSEER_MODELS_DIR", &m)
-            .env_remove("OVERSEER_LLM_URL")
-            .output()
-            .expect("run overseer ask");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).expect("ask --json");
+        let v = cli_ask(&data, &[], q["question"].as_str().expect("question"));
         if let Err(e) = injection_verdict(&v, q["canary"].as_str()) {
             failures.push(format!("CLI {}: {e}", q["id"]));
         }
