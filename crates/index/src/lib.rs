@@ -32,8 +32,8 @@ pub use ingest::{
 };
 pub use rerank::{DEFAULT_RERANK, Rerank, RerankFeatures, quality_penalty};
 pub use search::{
-    DEFAULT_DEPTH, Document, Filters, Index, IndexStats, MAX_K, MAX_QUERY_CHARS, Mode, Passage,
-    SearchHit, SearchRequest, StageTimes, highlight_spans, truncate_query,
+    DEFAULT_DEPTH, Document, Filters, Index, IndexStats, ListedDoc, MAX_K, MAX_QUERY_CHARS, Mode,
+    Passage, SearchHit, SearchRequest, StageTimes, highlight_spans, truncate_query,
 };
 pub use source::{DocMeta, Failure, parse_bytes};
 pub use vectors::Scored;

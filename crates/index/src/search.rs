@@ -200,6 +200,23 @@ pub struct Document {
     pub chunks: Vec<Passage>,
 }
 
+/// A live document as [`Index::for_each_document`] lists it: its metadata, where it
+/// sits in ingest order and the mean of its chunk vectors.
+#[derive(Debug, Clone)]
+pub struct ListedDoc {
+    /// Position in ingest order (the document record number): a document ingested (or
+    /// re-ingested with new content) after [`Index::sequence`] returned `s` has
+    /// `seq >= s`.
+    pub seq: u64,
+    pub meta: DocMeta,
+    /// Hash of the document's content as ingested (changes when its text does).
+    pub hash: String,
+    pub chunks: u32,
+    /// Mean of the document's chunk vectors, scaled to unit length (a document-level
+    /// embedding in the index's space).
+    pub vector: Vec<f32>,
+}
+
 /// Size of the index.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct IndexStats {
@@ -648,6 +665,83 @@ impl Index {
                 hnsw: s.hnsw.is_some(),
             },
         })
+    }
+
+    /// The ingest sequence of the committed generation: every document ingested after
+    /// this call has a [`ListedDoc::seq`] at or above the returned value (0 when nothing
+    /// was ingested).
+    pub fn sequence(&self) -> u64 {
+        self.current().map_or(0, |s| s.manifest.doc_records)
+    }
+
+    /// Call `f` with every live document in ingest order, one at a time (nothing is
+    /// held across calls, so a caller can stream an index of any size). Documents
+    /// without chunks (no text) are skipped. `f` returning an error stops the walk.
+    ///
+    /// Errors: `Corrupt` when a record points outside the committed data, or `f`'s.
+    pub fn for_each_document(&self, f: &mut dyn FnMut(ListedDoc) -> Result<()>) -> Result<()> {
+        let Some(s) = self.current() else {
+            return Ok(());
+        };
+        let dim = s.dim();
+        let vectors = s.vectors();
+        for seq in 0..s.manifest.doc_records {
+            let stored = s.doc(seq as u32)?;
+            let first = stored.first_row as usize;
+            let n = stored.n_chunks as usize;
+            if n == 0 || first + n > s.manifest.rows as usize || !s.is_alive(first) {
+                continue;
+            }
+            let mut vector = vec![0f32; dim];
+            for row in vectors[first * dim..(first + n) * dim].chunks_exact(dim) {
+                for (a, x) in vector.iter_mut().zip(row) {
+                    *a += x;
+                }
+            }
+            let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                vector.iter_mut().for_each(|x| *x /= norm);
+            }
+            f(ListedDoc {
+                seq,
+                meta: stored.meta,
+                hash: stored.hash,
+                chunks: stored.n_chunks,
+                vector,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The live documents whose chunks are nearest to `vector` (cosine, best chunk per
+    /// document), best first, at most `n`.
+    ///
+    /// Errors: `InvalidArgument` when `vector` does not have the index's dimension;
+    /// `Corrupt`.
+    pub fn nearest_documents(&self, vector: &[f32], n: usize) -> Result<Vec<(String, f32)>> {
+        let Some(s) = self.current() else {
+            return Ok(Vec::new());
+        };
+        if vector.len() != s.dim() {
+            return Err(Error::InvalidArgument(format!(
+                "vector of dimension {} for an index of dimension {}",
+                vector.len(),
+                s.dim()
+            )));
+        }
+        let mut out: Vec<(String, f32)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        // Several chunks of one document can crowd the top rows: ask for more.
+        for (row, score) in s.dense(vector, None, 4 * n + 8, None) {
+            let (doc, _) = s.passage(row)?;
+            if seen.insert(doc) {
+                out.push((s.doc_as::<HitMeta>(doc)?.id, score));
+                if out.len() == n {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// A document's metadata and chunks, `None` if no live document has this id.

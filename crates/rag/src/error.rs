@@ -34,6 +34,17 @@ pub enum Error {
     /// The remote server answered with something that is not a chat completion.
     #[error("the LLM server at {url} sent an unreadable response: {reason}")]
     BadResponse { url: String, reason: String },
+    /// A topic file (the digest's taxonomy) is malformed.
+    #[error("{path}:{line}: bad taxonomy: {reason}")]
+    Taxonomy {
+        path: String,
+        line: usize,
+        reason: String,
+    },
+    /// A digest's stored state (watermark, cache, saved digests) could not be read or
+    /// written.
+    #[error("digest store {path}: {reason}")]
+    DigestStore { path: String, reason: String },
     /// The context budget cannot hold even the question.
     #[error("the model's context ({window} tokens) is too small for the prompt ({needed} tokens)")]
     ContextTooSmall { window: usize, needed: usize },

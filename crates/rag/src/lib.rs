@@ -11,6 +11,7 @@ mod answerable;
 mod assistant;
 mod backend;
 mod citations;
+pub mod digest;
 mod error;
 mod evidence;
 mod grounding;

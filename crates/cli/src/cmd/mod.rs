@@ -6,6 +6,7 @@ pub mod bench_embed;
 pub mod chat;
 pub mod eval;
 pub mod eval_answers;
+pub mod eval_digest;
 pub mod eval_retrieval;
 pub mod generate;
 pub mod ingest;
