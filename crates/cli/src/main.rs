@@ -38,7 +38,9 @@ enum Command {
     Remove(cmd::remove::Args),
     /// Ask a question answered from the literature, with citations.
     Ask(cmd::ask::Args),
-    /// Evaluations: retrieval quality and answer grounding.
+    /// A newsletter of new work, grouped by the research agenda's 18 challenges.
+    Digest(Box<cmd::digest::Args>),
+    /// Evaluations: retrieval quality, answer grounding and digest classification.
     #[command(subcommand)]
     Eval(cmd::eval::Command),
     /// The refusal-direction lab.
@@ -85,6 +87,7 @@ fn main() -> ExitCode {
         Command::Search(a) => cmd::search::run(&cli.global, a),
         Command::Remove(a) => cmd::remove::run(&cli.global, a),
         Command::Ask(a) => cmd::ask::run(&cli.global, a),
+        Command::Digest(a) => cmd::digest::run(&cli.global, *a),
         Command::Eval(c) => cmd::eval::run(&cli.global, c),
         Command::Refusal(c) => cmd::refusal::run(&cli.global, c),
         Command::Serve(a) => cmd::serve::run(&cli.global, a),

@@ -15,9 +15,10 @@ use overseer_rag::{
 
 use crate::settings::{Global, QWEN_FILE};
 
-/// How to reach the language model (shared with `overseer eval answers`).
+/// How to reach the language model (shared by `ask`, `eval answers`, `serve` and
+/// `digest`).
 #[derive(clap::Args, Debug, Clone)]
-pub struct LlmArgs {
+pub struct BackendArgs {
     /// Local GGUF chat model [env: OVERSEER_MODEL] [default: the fetched Qwen2.5 0.5B].
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -43,6 +44,14 @@ pub struct LlmArgs {
     /// The server model's context size in tokens.
     #[arg(long, default_value_t = 2048)]
     pub llm_context: usize,
+}
+
+/// The language model and the answer pipeline's settings (shared with `overseer eval
+/// answers` and `overseer serve`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct LlmArgs {
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// Abstain when no source reaches this cosine similarity to the question
     /// [default: 0.35, `AssistantConfig::default`; its abstention and false-abstention
     /// rates on the answer eval are in docs/BENCHMARKS.md, "Grounded answers"].
@@ -98,26 +107,7 @@ pub fn build_assistant(g: &Global, llm: &LlmArgs) -> Result<Assistant> {
             data_dir.display()
         );
     }
-    let backend: Arc<dyn Backend> = match &llm.llm_url {
-        Some(url) => {
-            let mut cfg = OpenAiConfig::new(url.clone());
-            cfg.model = llm.llm_model.clone();
-            cfg.api_key = std::env::var(&llm.llm_api_key_env)
-                .ok()
-                .filter(|k| !k.is_empty());
-            cfg.connect_timeout = secs(llm.llm_connect_timeout, "--llm-connect-timeout")?;
-            cfg.read_timeout = secs(llm.llm_read_timeout, "--llm-read-timeout")?;
-            cfg.retries = llm.llm_retries;
-            cfg.context_window = llm.llm_context;
-            Arc::new(OpenAiBackend::new(cfg)?)
-        }
-        None => {
-            let path = g.model_path(llm.model.as_deref(), QWEN_FILE)?;
-            let model = overseer_lm::Model::load(&path, &g.load_options()?)
-                .with_context(|| format!("cannot load {}", path.display()))?;
-            Arc::new(overseer_rag::LocalBackend::new(model))
-        }
-    };
+    let backend = build_backend(g, &llm.backend)?;
     Ok(Assistant::new(
         retriever,
         backend,
@@ -138,6 +128,36 @@ pub fn assistant_config(llm: &LlmArgs) -> AssistantConfig {
     config.evidence.max_sentences = llm.evidence_sentences;
     config.evidence.max_chars = llm.evidence_chars;
     config
+}
+
+/// The remote server's settings from the command line, when `--llm-url` is set.
+pub fn openai_config(b: &BackendArgs) -> Result<Option<OpenAiConfig>> {
+    let Some(url) = &b.llm_url else {
+        return Ok(None);
+    };
+    let mut cfg = OpenAiConfig::new(url.clone());
+    cfg.model = b.llm_model.clone();
+    cfg.api_key = std::env::var(&b.llm_api_key_env)
+        .ok()
+        .filter(|k| !k.is_empty());
+    cfg.connect_timeout = secs(b.llm_connect_timeout, "--llm-connect-timeout")?;
+    cfg.read_timeout = secs(b.llm_read_timeout, "--llm-read-timeout")?;
+    cfg.retries = b.llm_retries;
+    cfg.context_window = b.llm_context;
+    Ok(Some(cfg))
+}
+
+/// The remote server (`--llm-url`) or the local GGUF model.
+pub fn build_backend(g: &Global, b: &BackendArgs) -> Result<Arc<dyn Backend>> {
+    Ok(match openai_config(b)? {
+        Some(cfg) => Arc::new(OpenAiBackend::new(cfg)?),
+        None => {
+            let path = g.model_path(b.model.as_deref(), QWEN_FILE)?;
+            let model = overseer_lm::Model::load(&path, &g.load_options()?)
+                .with_context(|| format!("cannot load {}", path.display()))?;
+            Arc::new(overseer_rag::LocalBackend::new(model))
+        }
+    })
 }
 
 fn secs(v: f64, flag: &str) -> Result<Duration> {

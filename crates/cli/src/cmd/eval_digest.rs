@@ -70,6 +70,11 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
     ] {
         println!("{name:<22} {:>9.3} {:>9.3}", s.accuracy, s.macro_f1);
     }
+    println!(
+        "unmapped categories: {} items, {:.1}% filed under Other",
+        r.unmapped,
+        100.0 * r.unmapped_other
+    );
     println!("\nper topic (support, F1 ours / BM25):");
     for (t, n) in &r.support {
         println!(
@@ -87,7 +92,7 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
         }
     }
     let mut worst: Vec<_> = confusion.into_iter().collect();
-    worst.sort_by(|a, b| b.1.cmp(&a.1));
+    worst.sort_by_key(|w| std::cmp::Reverse(w.1));
     println!("\nmost frequent confusions (gold -> ours):");
     for ((g, o), n) in worst.iter().take(8) {
         println!("  {g} -> {o}: {n}");

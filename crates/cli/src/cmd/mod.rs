@@ -4,6 +4,7 @@ pub mod ask;
 pub mod bench;
 pub mod bench_embed;
 pub mod chat;
+pub mod digest;
 pub mod eval;
 pub mod eval_answers;
 pub mod eval_digest;

@@ -141,9 +141,10 @@ async fn serve(state: AppState, bind: SocketAddr) -> Result<()> {
 /// Builds the real back ends from the index, assistant and model crates.
 mod backends {
     use std::path::Path;
-    use std::time::Duration;
 
-    use overseer_rag::{Backend, LocalBackend, OpenAiBackend, OpenAiConfig};
+    use overseer_rag::{Backend, LocalBackend, OpenAiBackend};
+
+    use crate::cmd::ask::openai_config;
     use overseer_server::{AssistantGenerator, IndexLibrary};
 
     use super::*;
@@ -164,30 +165,15 @@ mod backends {
         })
     }
 
-    fn secs(v: f64, flag: &str) -> Result<Duration> {
-        if !(v.is_finite() && v > 0.0) {
-            bail!("{flag} must be a positive number of seconds");
-        }
-        Ok(Duration::from_secs_f64(v))
-    }
-
     pub fn generator(g: &Global, llm: &LlmArgs, lit: &Literature) -> Result<Box<dyn Generator>> {
         let mut local = None;
-        let (backend, name): (Arc<dyn Backend>, String) = match &llm.llm_url {
-            Some(url) => {
-                let mut cfg = OpenAiConfig::new(url.clone());
-                cfg.model = llm.llm_model.clone();
-                cfg.api_key = std::env::var(&llm.llm_api_key_env)
-                    .ok()
-                    .filter(|k| !k.is_empty());
-                cfg.connect_timeout = secs(llm.llm_connect_timeout, "--llm-connect-timeout")?;
-                cfg.read_timeout = secs(llm.llm_read_timeout, "--llm-read-timeout")?;
-                cfg.retries = llm.llm_retries;
-                cfg.context_window = llm.llm_context;
-                (Arc::new(OpenAiBackend::new(cfg)?), llm.llm_model.clone())
+        let (backend, name): (Arc<dyn Backend>, String) = match openai_config(&llm.backend)? {
+            Some(cfg) => {
+                let name = cfg.model.clone();
+                (Arc::new(OpenAiBackend::new(cfg)?), name)
             }
             None => {
-                let path = g.model_path(llm.model.as_deref(), QWEN_FILE)?;
+                let path = g.model_path(llm.backend.model.as_deref(), QWEN_FILE)?;
                 let name = path
                     .file_stem()
                     .map_or_else(|| "local".to_string(), |s| s.to_string_lossy().into_owned());

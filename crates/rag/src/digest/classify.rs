@@ -31,7 +31,7 @@ pub struct ClassifyConfig {
 impl Default for ClassifyConfig {
     fn default() -> Self {
         Self {
-            min_similarity: 0.15,
+            min_similarity: 0.3,
             secondary_within: 0.03,
             max_secondary: 2,
             temperature: 0.03,

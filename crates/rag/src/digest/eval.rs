@@ -106,6 +106,10 @@ pub struct Report {
     pub majority: Scores,
     /// The majority class (of the dev split, whatever split is scored).
     pub majority_topic: String,
+    /// Records of this split whose category is left out of the map (no single topic
+    /// fits), and the share of them the digest files under "Other".
+    pub unmapped: usize,
+    pub unmapped_other: f64,
     pub predictions: Vec<Prediction>,
 }
 
@@ -129,6 +133,7 @@ pub fn evaluate(
     };
     let mut preds = Vec::new();
     let mut dev_counts: HashMap<String, usize> = HashMap::new();
+    let (mut unmapped, mut unmapped_other) = (0usize, 0usize);
     index.for_each_document(&mut |d| {
         if d.meta.source != source {
             return Ok(());
@@ -136,10 +141,16 @@ pub fn evaluate(
         let Some(cat) = d.meta.tags.first() else {
             return Ok(());
         };
+        let s = split_of(&d.meta.id);
         let Some(gold) = labels.get(cat) else {
+            if split == Split::All || s == split {
+                unmapped += 1;
+                if classifier.classify(&d.vector).topic.is_none() {
+                    unmapped_other += 1;
+                }
+            }
             return Ok(());
         };
-        let s = split_of(&d.meta.id);
         if s == Split::Dev {
             *dev_counts.entry(gold.clone()).or_default() += 1;
         }
@@ -193,6 +204,8 @@ pub fn evaluate(
         bm25: scores(&gold, &b),
         majority: scores(&gold, &maj),
         majority_topic,
+        unmapped,
+        unmapped_other: unmapped_other as f64 / unmapped.max(1) as f64,
         predictions: preds,
     })
 }
