@@ -50,6 +50,11 @@ pub struct Args {
     /// [default: the research agenda's 18 challenges].
     #[arg(long)]
     pub topics: Option<PathBuf>,
+    /// Items whose best topic is less similar than this (cosine, 0..1) go to "Other"
+    /// [default: 0.3, tuned for the built-in agenda; short topic descriptions without
+    /// examples score lower, see docs/DIGEST.md].
+    #[arg(long)]
+    pub min_similarity: Option<f32>,
     /// Skip the summaries (classification and ranking only; no model is loaded).
     #[arg(long)]
     pub no_summaries: bool,
@@ -143,12 +148,18 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
         Some(super::ask::build_backend(g, &a.backend)?)
     };
     let mut cache = SummaryCache::open(&data_dir)?;
-    let opts = DigestOptions {
+    let mut opts = DigestOptions {
         summaries: !a.no_summaries,
         highlights: a.highlights,
         title: a.title.clone(),
         ..DigestOptions::default()
     };
+    if let Some(m) = a.min_similarity {
+        if !(0.0..=1.0).contains(&m) {
+            bail!("--min-similarity must be between 0 and 1");
+        }
+        opts.classify.min_similarity = m;
+    }
 
     let show = std::io::stderr().is_terminal();
     let bar = ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());

@@ -48,8 +48,8 @@ pub struct Classification {
     pub topic: Option<usize>,
     /// Secondary topics, most similar first.
     pub secondary: Vec<usize>,
-    /// Probability of the primary topic under a softmax over all topics (for "Other":
-    /// one minus the best topic's).
+    /// Probability of the primary topic under a softmax over all topics; for "Other",
+    /// how far the best topic's similarity is under the floor (0.1 under it or more: 1).
     pub confidence: f32,
     /// Cosine similarity to the primary (or best) topic: the item's relevance to it.
     pub similarity: f32,
@@ -138,7 +138,8 @@ impl Classifier {
         let z: f32 = exps.iter().sum();
         let p_best = exps[best] / z;
         if sims[best] < self.cfg.min_similarity {
-            let confidence = 1.0 - p_best;
+            // How far under the floor the best topic is: 0.1 under it or more is sure.
+            let confidence = ((self.cfg.min_similarity - sims[best]) / 0.1).clamp(0.0, 1.0);
             return Classification {
                 topic: None,
                 secondary: Vec::new(),

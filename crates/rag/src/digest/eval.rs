@@ -337,3 +337,92 @@ mod tests {
         assert_eq!(split_of("abc0"), Split::Dev);
     }
 }
+
+/// Agreement of two groupings of the same items, each given as one label per item.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Agreement {
+    /// Adjusted Rand index (1: same partition; about 0: chance).
+    pub ari: f64,
+    /// Pairwise precision, recall and F1 of "grouped together" (`pred` against `gold`).
+    pub pair_precision: f64,
+    pub pair_recall: f64,
+    pub pair_f1: f64,
+}
+
+/// Compare the partition `pred` with `gold` (same length, one label per item).
+pub fn agreement(pred: &[&str], gold: &[&str]) -> Agreement {
+    let n = pred.len().min(gold.len());
+    let c2 = |x: f64| x * (x - 1.0) / 2.0;
+    let mut cells: HashMap<(&str, &str), f64> = HashMap::new();
+    let mut rows: HashMap<&str, f64> = HashMap::new();
+    let mut cols: HashMap<&str, f64> = HashMap::new();
+    for i in 0..n {
+        *cells.entry((pred[i], gold[i])).or_default() += 1.0;
+        *rows.entry(pred[i]).or_default() += 1.0;
+        *cols.entry(gold[i]).or_default() += 1.0;
+    }
+    let together_both: f64 = cells.values().map(|&v| c2(v)).sum();
+    let together_pred: f64 = rows.values().map(|&v| c2(v)).sum();
+    let together_gold: f64 = cols.values().map(|&v| c2(v)).sum();
+    let total = c2(n as f64);
+    let expected = if total > 0.0 {
+        together_pred * together_gold / total
+    } else {
+        0.0
+    };
+    let max = (together_pred + together_gold) / 2.0;
+    let ari = if (max - expected).abs() < 1e-12 {
+        // Both partitions trivial (all singletons or one group): agreement is perfect
+        // exactly when they are the same partition.
+        if (together_both - max).abs() < 1e-12 {
+            1.0
+        } else {
+            0.0
+        }
+    } else {
+        (together_both - expected) / (max - expected)
+    };
+    let p = if together_pred > 0.0 {
+        together_both / together_pred
+    } else {
+        0.0
+    };
+    let r = if together_gold > 0.0 {
+        together_both / together_gold
+    } else {
+        0.0
+    };
+    let f = if p + r > 0.0 {
+        2.0 * p * r / (p + r)
+    } else {
+        0.0
+    };
+    Agreement {
+        ari,
+        pair_precision: p,
+        pair_recall: r,
+        pair_f1: f,
+    }
+}
+
+#[cfg(test)]
+mod agreement_tests {
+    use super::*;
+
+    #[test]
+    fn adjusted_rand_index_matches_known_values() {
+        // Values from scikit-learn's adjusted_rand_score documentation.
+        let a = agreement(&["0", "0", "1", "1"], &["0", "0", "1", "1"]);
+        assert!((a.ari - 1.0).abs() < 1e-12);
+        let a = agreement(&["1", "1", "0", "0"], &["0", "0", "1", "1"]);
+        assert!((a.ari - 1.0).abs() < 1e-12);
+        let a = agreement(&["0", "0", "1", "2"], &["0", "0", "1", "1"]);
+        assert!((a.ari - 0.571_428_571_428_571_5).abs() < 1e-12, "{a:?}");
+        let a = agreement(&["0", "1", "2", "3"], &["0", "0", "0", "0"]);
+        assert!(a.ari.abs() < 1e-12, "{a:?}");
+        // Pairs: pred groups {0,1} and {2,3}, gold {0,1,2}: 1 shared pair of 2 and 3.
+        let a = agreement(&["a", "a", "b", "b"], &["x", "x", "x", "y"]);
+        assert!((a.pair_precision - 0.5).abs() < 1e-12);
+        assert!((a.pair_recall - 1.0 / 3.0).abs() < 1e-12);
+    }
+}
