@@ -4,10 +4,13 @@
 // fixture lab run) and checks: the chat page streams an answer sentence by sentence that
 // is not a paste of its sources, a citation chip opens a source card with a highlighted
 // passage, a question the corpus cannot answer gets an abstention, a document's HTML and
-// javascript: links are shown as text and never run, search shows results, and the lab
-// page shows a plot. Screenshots at desktop and phone widths go to OUTDIR.
+// javascript: links are shown as text and never run, search shows results, the digest
+// page makes a digest through its form (with E2E_ADMIN_TOKEN, the server's admin token),
+// lists it and opens it with its topic sections and collapsible items, none of whose
+// document text runs, and the lab page shows a plot. Screenshots at desktop and phone
+// widths go to OUTDIR.
 //
-// Usage: node e2e.mjs URL OUTDIR
+// Usage: [E2E_ADMIN_TOKEN=...] node e2e.mjs URL OUTDIR
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -151,7 +154,7 @@ try {
     const found = await page.evaluate(() => ({
       pwned: window.__pwned,
       elements: document.querySelectorAll(
-        ".msg script, .msg img, .msg iframe, #source-card script, #source-card img, .result script, .result img, .result iframe, a[href^='javascript:' i]").length,
+        ".msg script, .msg img, .msg iframe, #source-card script, #source-card img, .result script, .result img, .result iframe, #digest-detail script, #digest-detail img, #digest-detail iframe, a[href^='javascript:' i]").length,
     }));
     check(found.pwned === undefined && found.elements === 0,
       `active content from a document in ${where}: ${JSON.stringify(found)}`);
@@ -199,6 +202,59 @@ try {
   step(`${nResults} search results`);
   check(nResults > 0, "no search results");
   await page.screenshot({ path: join(outDir, "search-desktop.png") });
+
+  // ---- digest ----
+  step("digest");
+  await page.goto(`${base}#/digest`);
+  await page.waitForSelector("#digest-list li", { timeout: 15_000 });
+  const token = process.env.E2E_ADMIN_TOKEN;
+  if (token) {
+    // Make one through the form: every item, no summaries (quick), a title to find it by.
+    if (!(await page.$eval("#digest-new", (d) => d.open))) await page.click("#digest-new summary");
+    await page.check("#digest-form input[name=cover][value=all]");
+    await page.$eval("#digest-form input[name=summaries]", (b) => { b.checked = false; });
+    await page.fill("#digest-form input[name=title]", "E2E digest");
+    await page.fill("#digest-form input[name=token]", token);
+    await page.click("#digest-form button[type=submit]");
+    await page.waitForFunction(() => location.hash.startsWith("#/digest/")
+      && document.querySelector("#digest-detail h2")?.textContent === "E2E digest"
+      && document.querySelector("#digest-detail .digest-topic"), null, { timeout: 120_000 });
+  }
+  const cards = await page.$$eval("#digest-list .digest-card", (c) => c.map((x) => x.textContent));
+  step(`${cards.length} digest(s) listed: ${cards[0]?.replace(/\s+/g, " ").slice(0, 100)}`);
+  check(cards.length > 0, "the digest page lists no digest (set E2E_ADMIN_TOKEN to make one)");
+  if (token) check(cards.some((t) => t.includes("E2E digest")), "the new digest is not listed");
+  if (!(await page.$("#digest-detail .digest-topic"))) {
+    await page.click("#digest-list .digest-card");
+    await page.waitForSelector("#digest-detail .digest-topic", { timeout: 15_000 });
+  }
+  const topics = await page.$$eval("#digest-detail .digest-topic", (t) => t.map((x) => ({
+    id: x.dataset.topic, head: x.querySelector("h3").textContent.trim(), items: x.querySelectorAll("details.digest-item").length,
+  })));
+  step(`digest topics: ${topics.map((t) => `${t.head.slice(0, 40)} [${t.items}]`).join(" | ")}`);
+  check(topics.length > 0 && topics.every((t) => t.items > 0 && t.head.length > 0), "the digest has no topic sections with items");
+  const otherAt = topics.findIndex((t) => t.id === "other");
+  check(otherAt === -1 || otherAt === topics.length - 1, "Other is not the last section");
+  check(topics.some((t) => t.id !== "other") ? /^\d/.test(topics.find((t) => t.id !== "other").head) : true,
+    "a topic heading does not start with its topic id");
+  const highlights = await page.$$eval("#digest-detail .digest-highlights li", (l) => l.map((x) => x.querySelector(".reason")?.textContent || ""));
+  check(highlights.every((r) => r.length > 0), "a highlight has no reason");
+  // A collapsible item: closed, then open with its link, byline and confidence.
+  const item = "#digest-detail details.digest-item";
+  check(!(await page.$eval(item, (d) => d.open)), "digest items start open");
+  await page.click(`${item} summary`);
+  check(await page.$eval(item, (d) => d.open), "clicking an item does not open it");
+  const body = await page.$eval(`${item} .item-body`, (b) => ({ visible: b.offsetHeight > 0, text: b.textContent }));
+  check(body.visible && /confidence \d\.\d\d/.test(body.text), `the opened item shows no confidence: ${body.text}`);
+  // The hostile record is in the digest as text, its javascript: URL not a link.
+  const allText = await page.textContent("#digest-detail");
+  check(allText.includes("Marlowe"), "the digest does not list the hostile record");
+  await page.$$eval("#digest-detail details.digest-item", (d) => d.forEach((x) => { x.open = true; }));
+  await noActiveContent("the digest");
+  await page.screenshot({ path: join(outDir, "digest-desktop.png"), fullPage: false });
+  await page.setViewportSize(PHONE);
+  await page.screenshot({ path: join(outDir, "digest-phone.png") });
+  await page.setViewportSize(DESKTOP);
 
   // ---- lab ----
   step("lab");

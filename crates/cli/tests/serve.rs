@@ -454,6 +454,10 @@ fn browser_end_to_end() {
     text.push('\n');
     std::fs::write(&corpus, text).expect("write corpus");
     let lab = browser_dir.join("fixtures/lab");
+    // An admin token, for the digest page's form.
+    let token = "e2e-admin-token";
+    let token_file = tmp.path().join("admin-token");
+    std::fs::write(&token_file, token).expect("write token file");
     let server = start_server(
         &tmp.path().join("data"),
         &[
@@ -461,6 +465,8 @@ fn browser_end_to_end() {
             corpus.to_str().expect("utf-8 path"),
             "--lab-dir",
             lab.to_str().expect("utf-8 path"),
+            "--admin-token-file",
+            token_file.to_str().expect("utf-8 path"),
         ],
     );
     let out_dir = repo().join("tests-output/browser");
@@ -471,6 +477,7 @@ fn browser_end_to_end() {
         .env("CHROMIUM", &chromium)
         // The small corpus is about adversarial examples: a question it can answer.
         .env("E2E_QUESTION", "What are adversarial examples?")
+        .env("E2E_ADMIN_TOKEN", token)
         .spawn()
         .expect("spawn node");
     let t0 = Instant::now();
@@ -489,7 +496,12 @@ fn browser_end_to_end() {
         "browser test failed; see its output above and {}/failure.png",
         out_dir.display()
     );
-    for shot in ["chat-desktop.png", "chat-phone.png", "lab-desktop.png"] {
+    for shot in [
+        "chat-desktop.png",
+        "chat-phone.png",
+        "digest-desktop.png",
+        "lab-desktop.png",
+    ] {
         assert!(out_dir.join(shot).exists(), "{shot} was not saved");
     }
 }

@@ -1,5 +1,8 @@
 // overseer web UI: plain JavaScript, no framework, no build step.
-// Three views behind hash routes: #/ask (streamed, cited answers), #/search, #/lab.
+// Four views behind hash routes: #/ask (streamed, cited answers), #/search,
+// #/digest[/ID] (saved digests, making a new one), #/lab.
+// Text from documents is only ever set as text (textContent, text nodes) or escaped
+// before markup is built; links from documents are made only for http(s) URLs.
 "use strict";
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -63,7 +66,7 @@ function dateText(d) {
 }
 
 // ---------- routing ----------
-const views = ["ask", "search", "lab"];
+const views = ["ask", "search", "digest", "lab"];
 function route() {
   const parts = location.hash.replace(/^#\/?/, "").split("/");
   const view = views.includes(parts[0]) ? parts[0] : "ask";
@@ -74,6 +77,7 @@ function route() {
     if (v === view) tab.setAttribute("aria-current", "page"); else tab.removeAttribute("aria-current");
   }
   if (view === "lab") loadLab(parts[1] ? decodeURIComponent(parts[1]) : null);
+  if (view === "digest") loadDigests(parts[1] ? decodeURIComponent(parts[1]) : null);
   if (view === "search" && parts[1]) {
     const q = decodeURIComponent(parts[1]);
     $("#search-q").value = q;
@@ -91,6 +95,8 @@ async function refreshStatus() {
     const docs = j.documents == null ? "?" : j.documents;
     s.textContent = `${docs} documents · ${j.model || "no model"}`;
     s.classList.toggle("ok", r.ok);
+    serverModel = j.model || null;
+    digestFormForModel();
   } catch (_) {
     s.textContent = "offline";
     s.classList.remove("ok");
@@ -572,6 +578,207 @@ async function loadLab(selected) {
   );
 }
 
+// ---------- digest ----------
+const TOKEN_KEY = "overseer-admin-token";
+let serverModel; // the served model's name; null without one (from /healthz)
+let digestJob = null; // the job this page is polling
+
+function storedToken() {
+  try { return sessionStorage.getItem(TOKEN_KEY) || ""; } catch (_) { return ""; }
+}
+function storeToken(t) {
+  try { sessionStorage.setItem(TOKEN_KEY, t); } catch (_) { /* private mode */ }
+}
+
+function whenText(created) {
+  return created ? String(created).slice(0, 16).replace("T", " ") : "";
+}
+
+// Without a model the server cannot write summaries: the box is unticked and locked.
+function digestFormForModel() {
+  const box = $("#digest-form").elements.summaries;
+  if (serverModel === null) {
+    box.checked = false;
+    box.disabled = true;
+    box.parentElement.title = "no model is loaded on this server";
+  } else if (serverModel !== undefined) {
+    box.disabled = false;
+    box.parentElement.removeAttribute("title");
+  }
+}
+
+async function loadDigests(selected) {
+  const list = $("#digest-list");
+  const detail = $("#digest-detail");
+  const form = $("#digest-form");
+  if (!form.elements.token.value) form.elements.token.value = storedToken();
+  const r = await fetch("/api/digests");
+  if (!r.ok) {
+    list.replaceChildren(el("li", { class: "error-text", text: await apiError(r) }));
+    return;
+  }
+  const { digests } = await r.json();
+  if (!digests.length) {
+    list.replaceChildren(el("li", { class: "muted", text: "No digests yet: make one below, or run `overseer digest`." }));
+    $("#digest-new").open = true;
+    detail.replaceChildren(el("div", { class: "welcome" },
+      el("h1", { text: "No digests yet" }),
+      el("p", { text: "A digest groups what the index holds that is new by the research agenda's topics, ranks it and summarises it with citations." })));
+    return;
+  }
+  const id = selected || digests[0].id;
+  list.replaceChildren(...digests.map((d) => el("li", {},
+    el("a", { class: `digest-card${d.id === id ? " active" : ""}`, href: `#/digest/${encodeURIComponent(d.id)}` },
+      el("strong", { class: "digest-card-title", text: d.title || d.id }),
+      el("span", { class: "muted", text: `${whenText(d.created)} · ${d.items} item${d.items === 1 ? "" : "s"}` }),
+      el("span", { class: "muted covers", text: d.covers || "" })))));
+  await showDigest(id);
+}
+
+// A summary as text, its [n] citation marks set apart (still text, never markup).
+function summaryNode(text) {
+  const p = el("p", { class: "digest-summary" });
+  for (const part of String(text).split(/(\[\d+(?:,\s*\d+)*\])/)) {
+    if (/^\[\d+(?:,\s*\d+)*\]$/.test(part)) p.append(el("span", { class: "cite-n", text: part }));
+    else if (part) p.append(document.createTextNode(part));
+  }
+  return p;
+}
+
+function openDigestItem(n) {
+  const d = document.getElementById(`digest-item-${Number(n)}`);
+  if (!d) return;
+  d.open = true;
+  d.scrollIntoView({ block: "start", behavior: "smooth" });
+}
+
+function digestItemNode(it, topicTitles) {
+  const url = safeUrl(it.url);
+  const conf = typeof it.confidence === "number" ? it.confidence.toFixed(2) : "–";
+  const also = (it.secondary || []).map((t) => (topicTitles[t] ? `${t} ${topicTitles[t]}` : t));
+  return el("details", { class: `digest-item${it.uncertain ? " uncertain" : ""}`, id: `digest-item-${Number(it.n)}` },
+    el("summary", {},
+      el("span", { class: "num", text: `[${it.n}]` }),
+      el("span", { class: "item-title", text: it.title || it.id }),
+      it.highlight ? el("span", { class: "badge ok", text: "highlight" }) : null,
+      it.uncertain ? el("span", { class: "badge", text: "uncertain" }) : null),
+    el("div", { class: "item-body" },
+      el("p", { class: "item-link" }, url
+        ? el("a", { href: url, target: "_blank", rel: "noopener noreferrer", text: it.title || url })
+        : el("span", { text: it.title || it.id })),
+      el("p", { class: "meta", text: [authorsText(it.authors), dateText(it.date), it.source].filter(Boolean).join(" · ") }),
+      el("p", { class: "meta confidence" },
+        `confidence ${conf}`,
+        it.uncertain ? el("span", { class: "badge", title: "under the classifier's floor: the topic is a guess", text: "uncertain" }) : null,
+        also.length ? ` · also under ${also.join("; ")}` : null),
+      it.highlight ? el("p", { class: "reason", text: it.highlight }) : null,
+      it.summary ? summaryNode(it.summary) : el("p", { class: "muted", text: "No summary: this digest was made without summaries." }),
+      it.summary_fallback ? el("p", { class: "muted", text: "The model's summary failed the checks: this is the item's own opening, quoted." }) : null));
+}
+
+async function showDigest(id) {
+  const detail = $("#digest-detail");
+  const r = await fetch(`/api/digests/${encodeURIComponent(id)}`);
+  if (!r.ok) {
+    detail.replaceChildren(el("p", { class: "error-text", text: await apiError(r) }));
+    return;
+  }
+  const d = await r.json();
+  const items = Array.isArray(d.items) ? d.items : [];
+  const item = (n) => items[Number(n) - 1];
+  // Other last, whatever order the file has.
+  const sections = [...(d.sections || [])].sort((a, b) => (a.id === "other") - (b.id === "other"));
+  const topicTitles = Object.fromEntries(sections.filter((s) => s.id !== "other").map((s) => [s.id, s.title]));
+  const enc = encodeURIComponent(d.id);
+  const fmt = (f, label) => el("a", { href: `/api/digests/${enc}?format=${f}`, target: "_blank", rel: "noopener noreferrer", text: label });
+  const hl = (d.highlights || []).map(item).filter(Boolean);
+  const stats = d.stats || {};
+  detail.replaceChildren(...[
+    el("h2", { text: d.title || d.id }),
+    el("p", { class: "muted", text: [`${items.length} item${items.length === 1 ? "" : "s"}`, d.covers, `made ${whenText(d.created)}`,
+      d.summarizer ? `summaries by ${d.summarizer}` : null,
+      stats.uncertain ? `${stats.uncertain} uncertain` : null].filter(Boolean).join(" · ") }),
+    el("p", { class: "digest-formats muted" }, "Open as ", fmt("html", "HTML"), " · ", fmt("md", "Markdown"), " · ", fmt("atom", "Atom"), " · ", fmt("json", "JSON")),
+    items.length ? null : el("p", { class: "muted", text: "Nothing new: no indexed item matches this selection." }),
+    hl.length ? el("section", { class: "digest-highlights" },
+      el("h3", { text: "Highlights" }),
+      el("ol", {}, ...hl.map((it) => el("li", {},
+        el("button", { type: "button", class: "linkish", text: `[${it.n}] ${it.title || it.id}`, onclick: () => openDigestItem(it.n) }),
+        el("div", { class: "reason", text: it.highlight || "" }))))) : null,
+    ...sections.map((s) => el("section", { class: "digest-topic", "data-topic": s.id },
+      el("h3", {}, s.id === "other" ? "Other" : el("span", { class: "topic-id", text: s.id }), s.id === "other" ? null : ` ${s.title || ""}`,
+        el("span", { class: "muted count", text: ` (${(s.items || []).length})` })),
+      ...(s.items || []).map(item).filter(Boolean).map((it) => digestItemNode(it, topicTitles)))),
+  ].filter(Boolean));
+}
+
+function digestProgress(text, error) {
+  const p = $("#digest-progress");
+  p.replaceChildren(error ? el("span", { class: "error-text", text }) : document.createTextNode(text));
+}
+
+function stageText(s) {
+  switch (s.stage) {
+    case "ranked": return `Ranking… ${s.done}/${s.total}`;
+    case "summarized": return `Writing summaries… ${s.done}/${s.total}`;
+    default: return s.done ? `Selecting and filing items… ${s.done}` : "Selecting and filing items…";
+  }
+}
+
+async function makeDigest(e) {
+  e.preventDefault();
+  if (digestJob) return;
+  const f = $("#digest-form");
+  const v = (name) => String(f.elements[name].value || "").trim();
+  const body = { summaries: f.elements.summaries.checked };
+  const cover = (f.querySelector("input[name=cover]:checked") || {}).value || "new";
+  if (cover === "week") {
+    if (!v("week")) return digestProgress("Pick a week (YYYY-Www).", true);
+    body.week = v("week");
+  } else if (cover === "range") {
+    if (!v("since") && !v("until")) return digestProgress("Give a first or a last publication date.", true);
+    if (v("since")) body.since = v("since");
+    if (v("until")) body.until = v("until");
+  } else if (cover === "all") {
+    body.all = true;
+  }
+  if (v("title")) body.title = v("title");
+  const token = v("token");
+  if (!token) return digestProgress("Making a digest needs the server's admin token.", true);
+  storeToken(token);
+  const button = f.querySelector("button[type=submit]");
+  button.disabled = true;
+  digestProgress("Starting…");
+  try {
+    const r = await fetch("/api/digests", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+      body: JSON.stringify(body),
+    });
+    if (r.status !== 202) throw new Error(await apiError(r));
+    digestJob = (await r.json()).job;
+    for (;;) {
+      await new Promise((res) => setTimeout(res, 500));
+      const j = await fetch(`/api/digests/jobs/${encodeURIComponent(digestJob)}`);
+      if (!j.ok) throw new Error(await apiError(j));
+      const s = await j.json();
+      if (s.state === "done") {
+        digestProgress("Done.");
+        const hash = `#/digest/${encodeURIComponent(s.digest)}`;
+        if (location.hash === hash) loadDigests(s.digest); else location.hash = hash;
+        break;
+      }
+      if (s.state === "failed") throw new Error(s.error || "the digest failed");
+      digestProgress(stageText(s));
+    }
+  } catch (err) {
+    digestProgress(`Error: ${err.message}`, true);
+  } finally {
+    digestJob = null;
+    button.disabled = false;
+  }
+}
+
 // ---------- wiring ----------
 document.addEventListener("DOMContentLoaded", () => {
   $("#ask-form").addEventListener("submit", (e) => { e.preventDefault(); ask($("#question").value); });
@@ -584,6 +791,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#new-chat").addEventListener("click", newConversation);
   $("#close-source").addEventListener("click", closeSource);
   $("#search-form").addEventListener("submit", runSearch);
+  $("#digest-form").addEventListener("submit", makeDigest);
   route();
   refreshStatus();
   setInterval(refreshStatus, 30000);

@@ -1,7 +1,8 @@
 //! The real back ends behind the server's traits: [`IndexLibrary`] puts the literature
 //! index behind [`Literature`], [`AssistantGenerator`] puts the grounded-answer pipeline
 //! and its chat backend (local GGUF model or OpenAI-compatible server) behind
-//! [`Generator`]. Errors are sorted into "your request" (400), "not possible now" (503)
+//! [`Generator`], [`IndexDigester`] makes digests of the same index with the same chat
+//! backend behind [`Digester`]. Errors are sorted into "your request" (400), "not possible now" (503)
 //! and "internal" (500, details only in the log).
 
 use std::ops::ControlFlow;
@@ -17,8 +18,8 @@ use overseer_rag::{
 use serde_json::Value;
 
 use crate::backend::{
-    AskEvent, AskParams, ChatMessage, ChatOutput, ChatParams, Generator, IngestInput, Intervention,
-    LibraryStats, Literature, SearchParams,
+    AskEvent, AskParams, ChatMessage, ChatOutput, ChatParams, Digester, Generator, IngestInput,
+    Intervention, LibraryStats, Literature, SearchParams,
 };
 use crate::error::BackendError;
 
@@ -92,6 +93,16 @@ impl IndexLibrary {
 
     pub fn embedder(&self) -> Arc<dyn Embedder> {
         self.embedder.clone()
+    }
+
+    /// Digests of this index (the same snapshot and refreshes), summarised by `backend`
+    /// (`None`: digests without summaries only), filed under the research agenda's topics.
+    pub fn digester(&self, backend: Option<Arc<dyn Backend>>) -> IndexDigester {
+        IndexDigester {
+            index: self.index.clone(),
+            backend,
+            taxonomy: overseer_rag::digest::Taxonomy::agenda(),
+        }
     }
 
     fn maybe_refresh(&self) {
@@ -231,6 +242,53 @@ impl Literature for IndexLibrary {
             "documents": summary.docs,
             "chunks": summary.chunks,
         })))
+    }
+}
+
+/// Digests of the literature index, summarised by the server's chat backend (the one
+/// the assistant uses: calls from both may interleave on the model, each with its own
+/// session).
+pub struct IndexDigester {
+    index: Arc<Index>,
+    backend: Option<Arc<dyn Backend>>,
+    taxonomy: overseer_rag::digest::Taxonomy,
+}
+
+impl IndexDigester {
+    /// File items under these topics instead of the research agenda's.
+    pub fn with_taxonomy(mut self, taxonomy: overseer_rag::digest::Taxonomy) -> Self {
+        self.taxonomy = taxonomy;
+        self
+    }
+}
+
+impl Digester for IndexDigester {
+    fn summarizes(&self) -> bool {
+        self.backend.is_some()
+    }
+
+    fn sequence(&self) -> Result<u64, BackendError> {
+        self.index.refresh().map_err(index_error)?;
+        Ok(self.index.sequence())
+    }
+
+    fn build(
+        &self,
+        selection: &overseer_rag::digest::Selection,
+        opts: &overseer_rag::digest::DigestOptions,
+        cache: Option<&mut overseer_rag::digest::SummaryCache>,
+        progress: &mut dyn FnMut(overseer_rag::digest::DigestProgress),
+    ) -> Result<overseer_rag::digest::Digest, BackendError> {
+        overseer_rag::digest::build(
+            &self.index,
+            &self.taxonomy,
+            selection,
+            opts,
+            self.backend.as_deref(),
+            cache,
+            progress,
+        )
+        .map_err(rag_error)
     }
 }
 

@@ -26,7 +26,7 @@ use crate::error::{ApiError, BackendError};
 use crate::security::{self, ApiJson, safe_document_id, safe_name};
 use crate::state::AppState;
 use crate::worker::{JobKind, SubmitError, Ticket, WorkerEvent};
-use crate::{openai, ui};
+use crate::{digest, openai, ui};
 
 /// The whole HTTP service.
 pub fn router(state: AppState) -> Router {
@@ -46,6 +46,9 @@ pub fn router(state: AppState) -> Router {
             "/api/ingest",
             post(ingest).layer(DefaultBodyLimit::max(max_ingest)),
         )
+        .route("/api/digests", get(digest::list).post(digest::create))
+        .route("/api/digests/{id}", get(digest::get))
+        .route("/api/digests/jobs/{job}", get(digest::job))
         .route("/api/lab/runs", get(lab_runs))
         .route("/api/lab/runs/{id}", get(lab_run))
         .route("/api/lab/runs/{id}/plots/{name}", get(lab_plot))

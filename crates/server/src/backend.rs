@@ -144,3 +144,25 @@ pub trait Generator: Send + 'static {
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<ChatOutput, BackendError>;
 }
+
+/// The digest half (optional: without it `POST /api/digests` answers 503): makes a
+/// digest of the literature index with the server's chat backend writing the summaries.
+/// Saving, the watermark and the summary cache stay with the caller (they live in the
+/// server's data dir). Called from a blocking thread, beside chat: implementations must
+/// not hold anything the generation worker needs for long.
+pub trait Digester: Send + Sync + 'static {
+    /// Whether summaries can be written (a chat backend is present).
+    fn summarizes(&self) -> bool;
+    /// Pick up the newest committed index generation and return its ingest sequence:
+    /// the watermark a digest made from now on records.
+    fn sequence(&self) -> Result<u64, BackendError>;
+    /// Make a digest (not saved) of what `selection` takes. With `opts.summaries` and
+    /// a backend the summaries are written, through `cache` when given.
+    fn build(
+        &self,
+        selection: &overseer_rag::digest::Selection,
+        opts: &overseer_rag::digest::DigestOptions,
+        cache: Option<&mut overseer_rag::digest::SummaryCache>,
+        progress: &mut dyn FnMut(overseer_rag::digest::DigestProgress),
+    ) -> Result<overseer_rag::digest::Digest, BackendError>;
+}

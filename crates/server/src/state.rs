@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::backend::{Generator, Literature};
+use crate::backend::{Digester, Generator, Literature};
 use crate::config::ServerConfig;
+use crate::digest::DigestJobs;
 use crate::error::Result;
 use crate::lab::LabRuns;
 use crate::metrics::Metrics;
@@ -21,6 +22,7 @@ pub struct AppState {
     pub(crate) metrics: Metrics,
     pub(crate) rate_limit: Option<Arc<RateLimit>>,
     pub(crate) lab: LabRuns,
+    pub(crate) digests: DigestJobs,
     ready: Arc<AtomicBool>,
 }
 
@@ -44,12 +46,20 @@ impl AppState {
         Ok(AppState {
             rate_limit: RateLimit::new(config.rate_per_sec, config.rate_burst),
             lab: LabRuns::new(&config.data_dir, &config.lab_roots),
+            digests: DigestJobs::new(None),
             config: Arc::new(config),
             literature,
             worker,
             metrics,
             ready: Arc::new(AtomicBool::new(true)),
         })
+    }
+
+    /// Let `POST /api/digests` make digests with `digester` (without one it answers
+    /// 503; saved digests are listed and served either way).
+    pub fn with_digester(mut self, digester: Arc<dyn Digester>) -> AppState {
+        self.digests = DigestJobs::new(Some(digester));
+        self
     }
 
     /// Mark the server (not) ready; `/healthz` answers 503 while not ready.

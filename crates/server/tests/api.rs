@@ -462,6 +462,10 @@ async fn openapi_document_lists_every_route() {
         ("get", "/api/documents/{id}"),
         ("delete", "/api/documents/{id}"),
         ("post", "/api/ingest"),
+        ("get", "/api/digests"),
+        ("post", "/api/digests"),
+        ("get", "/api/digests/{id}"),
+        ("get", "/api/digests/jobs/{job}"),
         ("get", "/api/lab/runs"),
         ("get", "/api/lab/runs/{id}"),
         ("get", "/api/lab/runs/{id}/plots/{name}"),
@@ -1548,4 +1552,320 @@ async fn stalled_and_idle_connections_are_closed() {
         String::from_utf8_lossy(&text)
     );
     server.abort();
+}
+
+// ---------- digests ----------
+
+/// A state over a real `IndexLibrary` that can also make digests (no model: no summaries).
+fn digest_state(dir: &std::path::Path) -> AppState {
+    let embedder: Arc<dyn overseer_index::Embedder> =
+        Arc::new(overseer_index::testing::HashEmbedder::new(64));
+    let lib = Arc::new(IndexLibrary::open(&dir.join("data"), embedder).expect("open index"));
+    let digester = Arc::new(lib.digester(None));
+    let mut cfg = ServerConfig::new(dir.join("data"));
+    cfg.rate_per_sec = 0;
+    cfg.admin_token = Some("s3cret".into());
+    AppState::new(cfg, lib, None)
+        .expect("state")
+        .with_digester(digester)
+}
+
+fn get_req(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).expect("request")
+}
+
+/// Start a digest and poll its job until it ends; the job's last status.
+async fn make_digest(state: &AppState, body: &str) -> Value {
+    let r = call(
+        state,
+        admin_req("POST", "/api/digests", Some("s3cret"), body),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let job = body_json(r).await["job"]
+        .as_str()
+        .expect("job id")
+        .to_string();
+    let t0 = Instant::now();
+    loop {
+        let r = call(state, get_req(&format!("/api/digests/jobs/{job}"))).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let v = body_json(r).await;
+        if v["state"] != "running" {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "digest job hangs: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn digest_list(state: &AppState) -> Vec<Value> {
+    let r = call(state, get_req("/api/digests")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    body_json(r).await["digests"]
+        .as_array()
+        .expect("digests")
+        .clone()
+}
+
+#[tokio::test]
+async fn digests_are_made_listed_and_rendered() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = digest_state(tmp.path());
+    assert!(digest_list(&state).await.is_empty());
+
+    let docs = r#"{"documents":[
+        {"id":"d1","source":"arxiv","title":"Reward hacking in games <script>window.__pwned=1</script>","text":"Agents exploit misspecified reward functions and specification gaming.","authors":["A"],"date_published":"2024-03-05T00:00:00Z","url":"javascript:alert(1)"},
+        {"id":"d2","source":"arxiv","title":"Interpretability of circuits","text":"Mechanistic interpretability finds circuits and features in neural networks.","authors":["B"],"date_published":"2024-03-06T00:00:00Z","url":"https://example.org/d2"},
+        {"id":"d3","source":"blog","title":"Undated note","text":"Scalable oversight with debate between models."}
+    ]}"#;
+    let r = call(
+        &state,
+        admin_req("POST", "/api/ingest", Some("s3cret"), docs),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Auth first: no token 401, wrong token 403, and nothing is started.
+    let body = r#"{"all": true, "summaries": false}"#;
+    let r = call(&state, admin_req("POST", "/api/digests", None, body)).await;
+    expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let r = call(
+        &state,
+        admin_req("POST", "/api/digests", Some("nope"), body),
+    )
+    .await;
+    expect_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+    // Bad windows are 400s that say what is wrong.
+    for (bad, needle) in [
+        (r#"{"week": "2024-10", "summaries": false}"#, "YYYY-Www"),
+        (r#"{"week": "2024-W60", "summaries": false}"#, "YYYY-Www"),
+        (
+            r#"{"since": "05/03/2024", "summaries": false}"#,
+            "YYYY-MM-DD",
+        ),
+        (
+            r#"{"since": "2024-03-07", "until": "2024-03-01", "summaries": false}"#,
+            "empty",
+        ),
+        (
+            r#"{"all": true, "week": "2024-W10", "summaries": false}"#,
+            "all",
+        ),
+        (r#"{"all": true, "colour": "red"}"#, "colour"),
+    ] {
+        let r = call(
+            &state,
+            admin_req("POST", "/api/digests", Some("s3cret"), bad),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let m = body_json(r).await["message"]
+            .as_str()
+            .expect("message")
+            .to_string();
+        assert!(m.contains(needle), "{bad}: {m}");
+    }
+    // Summaries need a model; this server has none.
+    let r = call(
+        &state,
+        admin_req("POST", "/api/digests", Some("s3cret"), r#"{"all": true}"#),
+    )
+    .await;
+    let m = expect_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    assert!(m.contains("summaries"), "{m}");
+    assert!(digest_list(&state).await.is_empty());
+
+    // Everything, without summaries.
+    let v = make_digest(&state, body).await;
+    assert_eq!(v["state"], "done", "{v}");
+    assert!(v.get("error").is_none(), "{v}");
+    let id = v["digest"].as_str().expect("digest id").to_string();
+    let list = digest_list(&state).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["items"], 3);
+    assert_eq!(list[0]["covers"], "every indexed item");
+    for k in ["title", "created"] {
+        assert!(list[0][k].is_string(), "{k}: {}", list[0]);
+    }
+
+    // JSON: items numbered, sections with their item numbers, Other last if present.
+    let r = call(&state, get_req(&format!("/api/digests/{id}"))).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let d = body_json(r).await;
+    assert_eq!(d["items"].as_array().expect("items").len(), 3);
+    assert!(!d["sections"].as_array().expect("sections").is_empty());
+    assert!(d["items"][0].get("summary").is_none());
+
+    // HTML: the document's markup is text; no script, no javascript: link.
+    let r = call(&state, get_req(&format!("/api/digests/{id}?format=html"))).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let ct = r.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(ct.starts_with("text/html"), "{ct}");
+    let csp = r.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(
+        csp.contains("sandbox") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
+    let html = body_text(r).await;
+    assert!(!html.to_lowercase().contains("<script"), "{html}");
+    assert!(!html.contains("javascript:"), "{html}");
+    assert!(html.contains("&lt;script&gt;") && html.contains("Interpretability of circuits"));
+    for (fmt, want, text) in [
+        ("md", "text/markdown", "# Alignment digest"),
+        ("atom", "application/atom+xml", "<feed"),
+    ] {
+        let r = call(&state, get_req(&format!("/api/digests/{id}?format={fmt}"))).await;
+        assert_eq!(r.status(), StatusCode::OK, "{fmt}");
+        let ct = r.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .expect("ascii")
+            .to_string();
+        assert!(ct.starts_with(want), "{fmt}: {ct}");
+        let t = body_text(r).await;
+        assert!(t.contains(text), "{fmt}: {t}");
+    }
+    let r = call(&state, get_req(&format!("/api/digests/{id}?format=pdf"))).await;
+    expect_error(r, StatusCode::BAD_REQUEST, "bad_request").await;
+
+    // Unknown, malformed and traversal ids: 404, never a file outside the folder.
+    std::fs::write(tmp.path().join("data/secret.json"), "{}").expect("write");
+    for bad in [
+        "nope",
+        "..%2Fx",
+        "..%2Fsecret",
+        "..",
+        "%2e%2e%2fsecret",
+        "watermark%2F..%2F..%2Fsecret",
+        "a%5Cb",
+    ] {
+        let r = call(&state, get_req(&format!("/api/digests/{bad}"))).await;
+        expect_error(r, StatusCode::NOT_FOUND, "not_found").await;
+    }
+    let r = call(&state, get_req("/api/digests/jobs/nope")).await;
+    expect_error(r, StatusCode::NOT_FOUND, "not_found").await;
+
+    // A week window takes the dated items in it; the watermark is left alone.
+    let v = make_digest(
+        &state,
+        r#"{"week": "2024-W10", "summaries": false, "title": "Week 10"}"#,
+    )
+    .await;
+    assert_eq!(v["state"], "done", "{v}");
+    let list = digest_list(&state).await;
+    assert_eq!(list.len(), 2);
+    let week = list
+        .iter()
+        .find(|d| d["title"] == "Week 10")
+        .expect("week digest");
+    assert_eq!(week["items"], 2, "{week}");
+    assert!(!tmp.path().join("data/digests/watermark.json").exists());
+
+    // No window: since the watermark (none yet: everything), and it moves; the next
+    // such digest holds only what was ingested after it.
+    let v = make_digest(&state, r#"{"summaries": false}"#).await;
+    assert_eq!(v["state"], "done", "{v}");
+    let first = v["digest"].as_str().expect("id").to_string();
+    let w: Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("data/digests/watermark.json"))
+            .expect("watermark"),
+    )
+    .expect("watermark json");
+    assert_eq!(w["digest"], first.as_str());
+    let more = r#"{"documents":[{"id":"d4","source":"arxiv","title":"Debate","text":"AI safety via debate between two agents judged by a human.","date_published":"2024-04-01"}]}"#;
+    let r = call(
+        &state,
+        admin_req("POST", "/api/ingest", Some("s3cret"), more),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v = make_digest(&state, r#"{"summaries": false}"#).await;
+    let second = v["digest"].as_str().expect("id").to_string();
+    let r = call(&state, get_req(&format!("/api/digests/{second}"))).await;
+    let d = body_json(r).await;
+    let ids: Vec<&str> = d["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, ["d4"], "{d}");
+    assert_eq!(digest_list(&state).await.len(), 4);
+}
+
+#[tokio::test]
+async fn one_digest_job_at_a_time_and_none_without_a_digester() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = digest_state(tmp.path());
+    // Enough documents that the first build is still running when the second request
+    // comes (a 409 then), or already done (a 202 then): never two at once.
+    let docs: Vec<Value> = (0..300)
+        .map(|i| json!({"id": format!("n{i}"), "source": "s", "title": format!("Note {i}"), "text": format!("Reward hacking note number {i} about agents and oversight.")}))
+        .collect();
+    let body = json!({ "documents": docs }).to_string();
+    let r = call(
+        &state,
+        admin_req("POST", "/api/ingest", Some("s3cret"), &body),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let req = r#"{"all": true, "summaries": false}"#;
+    let r = call(
+        &state,
+        admin_req("POST", "/api/digests", Some("s3cret"), req),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert!(r.headers().contains_key(header::LOCATION));
+    let job = body_json(r).await["job"].as_str().expect("job").to_string();
+    let r = call(
+        &state,
+        admin_req("POST", "/api/digests", Some("s3cret"), req),
+    )
+    .await;
+    let second_started = match r.status() {
+        StatusCode::CONFLICT => {
+            let m = expect_error(r, StatusCode::CONFLICT, "digest_running").await;
+            assert!(m.contains(&job), "{m}");
+            false
+        }
+        StatusCode::ACCEPTED => true,
+        s => panic!("unexpected status {s}"),
+    };
+    // Both (or the one) finish; the slot is free again afterwards.
+    let t0 = Instant::now();
+    loop {
+        let v = body_json(call(&state, get_req(&format!("/api/digests/jobs/{job}"))).await).await;
+        if v["state"] == "done" {
+            assert_eq!(v["total"].as_u64(), v["done"].as_u64(), "{v}");
+            break;
+        }
+        assert_eq!(v["state"], "running", "{v}");
+        assert!(t0.elapsed() < Duration::from_secs(60), "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let v = make_digest(&state, req).await;
+    assert_eq!(v["state"], "done", "{v}");
+    let n = digest_list(&state).await.len();
+    assert!(n == 2 || (second_started && n == 3), "{n}");
+
+    // A server without a digester still lists what is saved but cannot make one.
+    let plain = real_index_state(tmp.path());
+    assert_eq!(digest_list(&plain).await.len(), n);
+    let r = call(
+        &plain,
+        admin_req("POST", "/api/digests", Some("s3cret"), req),
+    )
+    .await;
+    expect_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
 }

@@ -248,11 +248,11 @@ fn issues_report(
                 continue;
             };
             compare.push_str(&format!(
-                "### {title} ({issue})\n\n- Newsletter ({cat}): {}\n- Digest ({} {}): {}\n\n",
+                "### {title} ({issue})\n\n- Newsletter ({cat}): {}\n- Digest ({}{}): {}\n\n",
                 opening(text, 2),
                 it.topic,
                 if it.summary_fallback {
-                    "(fallback)"
+                    ", fallback"
                 } else {
                     ""
                 },

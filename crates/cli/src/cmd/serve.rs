@@ -1,5 +1,5 @@
 //! `overseer serve`: the web app and HTTP API on one socket. Loads the index and the
-//! model, ingests `--corpus` when the index is empty, binds (127.0.0.1 unless told
+//! model (one chat backend for the assistant and the digests' summaries), ingests `--corpus` when the index is empty, binds (127.0.0.1 unless told
 //! otherwise), prints the URL and serves until Ctrl-C.
 
 use std::net::SocketAddr;
@@ -20,11 +20,12 @@ pub struct Args {
     /// The language model: local GGUF (--model) or an OpenAI-compatible server (--llm-url).
     #[command(flatten)]
     pub llm: LlmArgs,
-    /// Serve search, documents and the lab only (no generation; /api/ask answers 503).
+    /// Serve search, documents, digests and the lab only (no generation: /api/ask answers
+    /// 503, new digests are made without summaries).
     #[arg(long)]
     pub no_model: bool,
     /// File holding the admin bearer token (first line). Without it or
-    /// OVERSEER_ADMIN_TOKEN the admin endpoints (ingest, delete) are disabled.
+    /// OVERSEER_ADMIN_TOKEN the admin endpoints (ingest, delete, new digests) are disabled.
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
     /// Ingest these files or folders first if the index is empty.
@@ -107,12 +108,17 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("ingest failed: {e}"))?;
         eprintln!("ingested: {summary}");
     }
-    let generator: Option<Box<dyn Generator>> = if a.no_model {
-        None
+    // One chat backend serves the assistant and the digests' summaries.
+    let (generator, backend): (Option<Box<dyn Generator>>, _) = if a.no_model {
+        (None, None)
     } else {
-        Some(backends::generator(g, &a.llm, &lit)?)
+        let (generator, backend) = backends::generator(g, &a.llm, &lit)?;
+        (Some(generator), Some(backend))
     };
-    let state = AppState::new(cfg, literature, generator).context("cannot start the server")?;
+    let digester = Arc::new(lit.library.digester(backend));
+    let state = AppState::new(cfg, literature, generator)
+        .context("cannot start the server")?
+        .with_digester(digester);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -165,7 +171,13 @@ mod backends {
         })
     }
 
-    pub fn generator(g: &Global, llm: &LlmArgs, lit: &Literature) -> Result<Box<dyn Generator>> {
+    /// The assistant on the generation worker, and its chat backend (shared with the
+    /// digests).
+    pub fn generator(
+        g: &Global,
+        llm: &LlmArgs,
+        lit: &Literature,
+    ) -> Result<(Box<dyn Generator>, Arc<dyn Backend>)> {
         let mut local = None;
         let (backend, name): (Arc<dyn Backend>, String) = match openai_config(&llm.backend)? {
             Some(cfg) => {
@@ -188,7 +200,7 @@ mod backends {
         };
         let mut generator = AssistantGenerator::new(
             lit.library.retriever(),
-            backend,
+            backend.clone(),
             Some(lit.library.embedder()),
             crate::cmd::ask::assistant_config(llm),
             name,
@@ -196,6 +208,6 @@ mod backends {
         if let Some(model) = local {
             generator = generator.with_local_model(model);
         }
-        Ok(Box::new(generator))
+        Ok((Box::new(generator), backend))
     }
 }

@@ -72,7 +72,7 @@ impl Summary {
 
 /// Bump when the prompt or the checks change: cached summaries made under another
 /// version are made again.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 
 const SYSTEM: &str = "You write a weekly research newsletter for AI safety researchers. You \
 summarise one paper or post at a time from the excerpt you are given. Write in your own \
@@ -170,9 +170,13 @@ pub fn summarize(
         passage_start: 0,
         passage_end: text.len(),
     };
+    let foreign = |s: &str| s.chars().any(|c| is_cjk(c) && !text.contains(c));
     let candidate: Vec<String> = sentences(&raw)
         .iter()
         .map(|s| quality::strip_citations(s.text).trim().to_string())
+        // A sentence cut off by the token limit has no closing punctuation; one that
+        // drifts into a script the item does not use is a decoding slip.
+        .filter(|s| s.ends_with(['.', '!', '?', '"', '”', ')']) && !foreign(s))
         // No addresses: a summary says what the work does, and a URL cut at its first
         // dot ("https://github.") reads as junk.
         .filter(|s| {
@@ -216,6 +220,12 @@ pub fn summarize(
         fallback: false,
         copy_ratio,
     })
+}
+
+/// Whether `c` is a CJK ideograph or kana/hangul (small multilingual models slip into
+/// them mid-sentence).
+fn is_cjk(c: char) -> bool {
+    matches!(c as u32, 0x3040..=0x30FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xAC00..=0xD7AF | 0xF900..=0xFAFF)
 }
 
 /// The item's opening sentence (or its first 40 words), quoted.
@@ -309,6 +319,17 @@ mod tests {
         let b = Fixed("Bananas are yellow fruit grown in warm tropical countries worldwide.");
         let s = summarize(&b, None, "Reward hacking", ITEM, None, Length::Short).unwrap();
         assert!(s.fallback);
+    }
+
+    #[test]
+    fn cut_off_and_script_slipping_sentences_are_dropped() {
+        let b = Fixed(
+            "Agents optimising a proxy reward drift from the true objective. \
+             The drift grows with model 容量 across four environments. \
+             The drift grows with model capacity across four",
+        );
+        let s = summarize(&b, None, "Reward hacking", ITEM, None, Length::Short).unwrap();
+        assert_eq!(s.sentences.len(), 1, "{s:?}");
     }
 
     #[test]
