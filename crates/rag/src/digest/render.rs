@@ -347,6 +347,15 @@ mod tests {
         assert!(!h.contains("javascript:"));
         assert!(h.contains("&lt;script&gt;"));
         assert!(h.contains("It shows an attack [1]"));
+        // Every element opened is closed, in a whole document.
+        for tag in [
+            "html", "head", "body", "div", "p", "h1", "h2", "span", "style", "title",
+        ] {
+            let open =
+                h.matches(&format!("<{tag}>")).count() + h.matches(&format!("<{tag} ")).count();
+            assert_eq!(open, h.matches(&format!("</{tag}>")).count(), "<{tag}>");
+        }
+        assert!(h.starts_with("<!DOCTYPE html>") && h.trim_end().ends_with("</html>"));
     }
 
     #[test]
