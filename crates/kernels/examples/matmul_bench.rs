@@ -96,7 +96,7 @@ fn main() {
                 .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
                 .collect();
             let mut y = vec![0f32; m * n];
-            let (reps, inner) = if m == 1 { (7, 40) } else { (3, 1024 / m) };
+            let (reps, inner) = if m == 1 { (7, 40) } else { (3, 4096 / m) };
             let mut times = Vec::new();
             w.matmul_with(level, &x, &mut y).expect("shapes fit");
             for _ in 0..reps {

@@ -78,7 +78,7 @@ unsafe fn high_bits(p: *const u8) -> __m256i {
 /// offset contributes `c * s_y` to a dot product (`s_y = d_y * sum(q_y)`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn unpack<const F: u8>(p: *const u8) -> (__m256i, f32, f32) {
+unsafe fn unpack<const F: u8>(p: *const u8) -> (__m256i, f32, f32) {
     let b = std::slice::from_raw_parts(p, 4);
     let d = f16_at(b, 0);
     match F {

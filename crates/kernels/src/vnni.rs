@@ -25,7 +25,7 @@
 #![allow(unsafe_op_in_unsafe_fn)]
 
 use crate::GgmlDType;
-use crate::avx2::{self, F_Q4_0, F_Q4_1, F_Q5_0, F_Q5_1, F_Q8_0};
+use crate::avx2::{F_Q4_0, F_Q4_1, F_Q5_0, F_Q5_1, F_Q8_0};
 use crate::quant::{GROUP, Q8Kx16, Q8x16, f16_at, scale_min_k4};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -57,6 +57,8 @@ struct Decoded {
     q: Vec<u8>,
     sc: Vec<f32>,
     mn: Vec<f32>,
+    /// The f16 scales (`d`, then `m`) of a chunk before their conversion.
+    h16: Vec<u16>,
 }
 
 impl Decoded {
@@ -68,6 +70,7 @@ impl Decoded {
         if self.sc.len() < scales {
             self.sc.resize(scales, 0.0);
             self.mn.resize(scales, 0.0);
+            self.h16.resize(2 * scales, 0);
         }
     }
 }
@@ -76,24 +79,70 @@ thread_local! {
     static BUF: RefCell<Decoded> = RefCell::default();
 }
 
-/// Decode `rows * k / 32` blocks of a 32-element format.
-#[target_feature(enable = "avx2,fma,f16c")]
+/// `n` f16 values at `src` to f32 at `dst`, sixteen at a time.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn f16s_to_f32(src: *const u16, dst: *mut f32, n: usize) {
+    let mut i = 0;
+    while i + 16 <= n {
+        let h = _mm256_loadu_si256(src.add(i).cast());
+        _mm512_storeu_ps(dst.add(i), _mm512_cvtph_ps(h));
+        i += 16;
+    }
+    while i < n {
+        *dst.add(i) = half::f16::from_bits(*src.add(i)).to_f32();
+        i += 1;
+    }
+}
+
+/// Decode `blocks` blocks of a 32-element format (format `F` as in `avx2`, `TS` bytes
+/// each): per block 32 unsigned bytes, the scale `d` and, for Q4_1/Q5_1, the offset
+/// `m`. The fifth bits of Q5_0/Q5_1 go in with one masked add (the 32-bit field is the
+/// mask), and the f16 scales are converted sixteen at a time after the loop; per block
+/// that is about half the work of the AVX2 decoding, which was a fifth of a prefill's
+/// matmul time.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn decode32<const F: u8, const TS: usize>(w: &[u8], blocks: usize, dec: &mut Decoded) {
     assert!(w.len() >= blocks * TS);
     dec.reserve(blocks * 32, blocks);
+    let affine = F == F_Q4_1 || F == F_Q5_1;
+    let (qh_at, qs_at) = match F {
+        F_Q4_0 => (0, 2),
+        F_Q4_1 => (0, 4),
+        F_Q5_0 => (2, 6),
+        F_Q5_1 => (4, 8),
+        _ => (0, 2),
+    };
+    let m4 = _mm_set1_epi8(0x0F);
+    let v16 = _mm256_set1_epi8(0x10);
     let flip = _mm256_set1_epi8(-128);
-    let (q, sc, mn) = (dec.q.as_mut_ptr(), dec.sc.as_mut_ptr(), dec.mn.as_mut_ptr());
+    let (q, h) = (dec.q.as_mut_ptr(), dec.h16.as_mut_ptr());
     for i in 0..blocks {
-        let (v, d, c) = avx2::unpack::<F>(w.as_ptr().add(i * TS));
-        // Q8_0 is signed: stored as v + 128 (its offset is in `Q8x16::init`).
+        let p = w.as_ptr().add(i * TS);
         let v = if F == F_Q8_0 {
-            _mm256_xor_si256(v, flip)
+            // Q8_0 is signed: stored as v + 128 (its offset is in `Q8x16::init`).
+            _mm256_xor_si256(_mm256_loadu_si256(p.add(2).cast()), flip)
         } else {
-            v
+            let b = _mm_loadu_si128(p.add(qs_at).cast());
+            let lo = _mm_and_si128(b, m4);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), m4);
+            let v = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo), hi);
+            if F == F_Q5_0 || F == F_Q5_1 {
+                let bits = std::ptr::read_unaligned(p.add(qh_at).cast::<u32>());
+                _mm256_mask_add_epi8(v, bits, v, v16)
+            } else {
+                v
+            }
         };
         _mm256_storeu_si256(q.add(32 * i).cast(), v);
-        *sc.add(i) = d;
-        *mn.add(i) = c;
+        *h.add(i) = std::ptr::read_unaligned(p.cast::<u16>());
+        if affine {
+            *h.add(blocks + i) = std::ptr::read_unaligned(p.add(2).cast::<u16>());
+        }
+    }
+    f16s_to_f32(h, dec.sc.as_mut_ptr(), blocks);
+    if affine {
+        f16s_to_f32(h.add(blocks), dec.mn.as_mut_ptr(), blocks);
     }
 }
 
