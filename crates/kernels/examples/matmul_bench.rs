@@ -1,6 +1,7 @@
 //! Micro-benchmark of `QMatrix::matmul` on model-shaped matrices:
 //! `cargo run --release -p overseer-kernels --example matmul_bench [threads]`.
-//! Prints decode (m = 1) bandwidth and prefill (m = 256) throughput per format.
+//! Prints decode (m = 1) bandwidth and prefill (m = 64, the model's prefill chunk, and
+//! m = 256) throughput per format. `OVERSEER_KERNELS_AVX2=1` caps the SIMD level at AVX2.
 
 use overseer_kernels::{GgmlDType, Level, QMatrix};
 use std::time::Instant;
@@ -87,15 +88,15 @@ fn main() {
     for (name, dtype, n, k) in cases {
         let w = matrix(dtype, n, k);
         let bytes = w.bytes().len() as f64;
-        for m in [1usize, 256] {
-            if m == 256 && n > 40_000 {
+        for m in [1usize, 64, 256] {
+            if m > 1 && n > 40_000 {
                 continue;
             }
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
                 .collect();
             let mut y = vec![0f32; m * n];
-            let (reps, inner) = if m == 1 { (7, 40) } else { (3, 1) };
+            let (reps, inner) = if m == 1 { (7, 40) } else { (3, 4096 / m) };
             let mut times = Vec::new();
             w.matmul_with(level, &x, &mut y).expect("shapes fit");
             for _ in 0..reps {

@@ -207,7 +207,7 @@ impl Attention<'_> {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `run_with` checked that the CPU supports AVX2, FMA and F16C, and
             // `check` that every live key lies inside the view.
-            Level::Avx2 => unsafe { scores_avx2(&sc, &mut p) },
+            Level::Avx2 | Level::Avx512Vnni => unsafe { scores_avx2(&sc, &mut p) },
             _ => scores_scalar(&sc, &mut p),
         }
         // Scale, mask, softmax (f32, sum in f64 as ggml does), probabilities to f16.
@@ -256,7 +256,7 @@ impl Attention<'_> {
         match level {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as for the scores above.
-            Level::Avx2 => unsafe { weighted_avx2(&wv, &mut acc) },
+            Level::Avx2 | Level::Avx512Vnni => unsafe { weighted_avx2(&wv, &mut acc) },
             _ => weighted_scalar(&wv, &mut acc),
         }
         for r in 0..n {

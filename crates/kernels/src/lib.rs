@@ -5,7 +5,9 @@
 //! Q5_0 (the bulk of common small GGUF chat models) in scalar code; this crate gives
 //! every format llama.cpp's small models use a runtime-dispatched AVX2 kernel (with a
 //! portable scalar fallback; no global `target-cpu` flags) and a multi-threaded matmul
-//! that quantizes activations to 8 bits once per call, as llama.cpp does; plus the
+//! that quantizes activations to 8 bits once per call, as llama.cpp does (many-row
+//! calls on AVX-512 VNNI CPUs run `vpdpbusd` kernels over sixteen activation rows at
+//! once, `vnni`); plus the
 //! attention over the model's f16 KV cache, which candle cannot read without converting;
 //! AMX bf16 tiles for many-row matmuls; vectorised reductions over logit rows.
 
@@ -20,6 +22,8 @@ mod quant;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 #[cfg(test)]
 mod tests;

@@ -3,13 +3,15 @@
 //! Layout follows GGML: `rows` output features, each row `cols` input features stored as
 //! consecutive blocks. `matmul` quantizes the activations once per call (to Q8 blocks
 //! of 32, or Q8_K blocks of 256 for the k-quants), then splits the weight rows into
-//! contiguous chunks handed out to the kernel thread pool (`pool`). For prefill of the
-//! 32-element formats a chunk runs a register-tiled kernel (2 weight rows x 4
-//! activation rows per inner loop); otherwise each weight row is decoded once per group
-//! of four activation rows.
+//! contiguous chunks handed out to the kernel thread pool (`pool`). For prefill
+//! (at least 16 activation rows) on AVX-512 VNNI CPUs the activations are transposed in
+//! groups of sixteen rows and a chunk runs the `vnni` kernels (every format but F32/F16);
+//! elsewhere, for prefill of the 32-element formats a chunk runs a register-tiled AVX2
+//! kernel (2 weight rows x 4 activation rows per inner loop); otherwise each weight row
+//! is decoded once per group of four activation rows.
 
 use crate::pool::Pool;
-use crate::quant::{self, Q8Block, Q8KBlock, Q8x4};
+use crate::quant::{self, GROUP, Q8Block, Q8KBlock, Q8Kx16, Q8x4, Q8x16};
 use crate::{Error, GgmlDType, Result};
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
@@ -80,6 +82,9 @@ pub enum Level {
     Scalar,
     /// AVX2 + FMA + F16C (x86-64).
     Avx2,
+    /// AVX2 plus AVX-512 F/BW/VL/VNNI: many-row matmuls run the `vpdpbusd` kernels
+    /// (`vnni`); everything else as [`Level::Avx2`].
+    Avx512Vnni,
 }
 
 impl Level {
@@ -90,21 +95,19 @@ impl Level {
             if std::env::var_os("OVERSEER_KERNELS_SCALAR").is_some() {
                 return Level::Scalar;
             }
-            #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-            {
-                return Level::Avx2;
-            }
-            Level::Scalar
+            // `OVERSEER_KERNELS_AVX2=1` caps the level at AVX2 (A/B runs of one binary).
+            let cap_avx2 = std::env::var_os("OVERSEER_KERNELS_AVX2").is_some();
+            [Level::Avx512Vnni, Level::Avx2]
+                .into_iter()
+                .find(|l| l.available() && !(cap_avx2 && *l > Level::Avx2))
+                .unwrap_or(Level::Scalar)
         })
     }
 
     /// Every level this CPU can run, lowest first.
     pub fn supported() -> Vec<Level> {
         let best = Level::detect();
-        [Level::Scalar, Level::Avx2]
+        [Level::Scalar, Level::Avx2, Level::Avx512Vnni]
             .into_iter()
             .filter(|l| *l <= best || l.available())
             .collect()
@@ -119,8 +122,16 @@ impl Level {
                     && is_x86_feature_detected!("fma")
                     && is_x86_feature_detected!("f16c")
             }
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512Vnni => {
+                Level::Avx2.available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Level::Avx2 => false,
+            Level::Avx2 | Level::Avx512Vnni => false,
         }
     }
 }
@@ -135,12 +146,19 @@ pub struct QMatrix {
 }
 
 /// Quantized activations, one block slice per activation row (plus, for prefill at
-/// AVX2, the same blocks interleaved in groups of four rows for the tiled kernels).
+/// AVX2, the same blocks interleaved in groups of four rows for the tiled kernels), or
+/// for prefill at AVX-512 VNNI transposed in groups of sixteen rows.
 enum Acts {
     Q8(Vec<Q8Block>, Option<Vec<Q8x4>>),
     Q8K(Vec<Q8KBlock>),
+    Q8x16(Vec<Q8x16>),
+    Q8Kx16(Vec<Q8Kx16>),
     F32,
 }
+
+/// Activation rows from which [`Level::Avx512Vnni`] runs the `vnni` kernels (groups of
+/// sixteen rows; fewer would mostly multiply padding).
+const VNNI_MIN_ROWS: usize = 16;
 
 /// An output buffer shared by the tasks of one parallel call.
 pub(crate) struct SendPtr(pub(crate) *mut f32);
@@ -274,12 +292,22 @@ impl QMatrix {
         let acts = self.quantize_acts(level, x, m, threads);
         // Chunks of contiguous rows, handed out dynamically (a few per thread, so a
         // descheduled thread on a busy machine does not stall the rest). For prefill a
-        // chunk's weights also stay in L1 while every activation group passes over them.
+        // chunk's weights also stay in L1 while every activation group passes over them
+        // (for the VNNI kernels: the chunk decoded to one byte per weight).
         let mut chunk = n.div_ceil(4 * threads).max(16);
-        if m >= 4 {
-            chunk = chunk.min((16 * 1024 / rb).max(2));
+        let chunk = match acts {
+            Acts::Q8x16(_) | Acts::Q8Kx16(_) => {
+                chunk = chunk.min((24 * 1024 / k).max(4));
+                chunk.div_ceil(4) * 4
+            }
+            _ => {
+                if m >= 4 {
+                    chunk = chunk.min((16 * 1024 / rb).max(2));
+                }
+                chunk.div_ceil(2) * 2
+            }
         }
-        let chunk = (chunk.div_ceil(2) * 2).min(n);
+        .min(n);
         let nchunks = n.div_ceil(chunk);
         let yp = SendPtr(y.as_mut_ptr());
         let run = |t: usize| {
@@ -295,8 +323,50 @@ impl QMatrix {
         // Rows are quantized in parallel for prefill.
         let rows_per = m.div_ceil(threads).max(8);
         let nchunks = m.div_ceil(rows_per);
+        let vnni = level == Level::Avx512Vnni && m >= VNNI_MIN_ROWS;
         match self.dtype {
             GgmlDType::F32 | GgmlDType::F16 => Acts::F32,
+            d if vnni && d.is_k_quant() => {
+                let nb = k / 256;
+                let groups = m.div_ceil(GROUP);
+                let mut q = vec![Q8Kx16::default(); groups * nb];
+                let qp = SendPtr(q.as_mut_ptr().cast());
+                Pool::global().run(threads, groups, &|g| {
+                    let rows = g * GROUP..((g + 1) * GROUP).min(m);
+                    let mut tmp = vec![Q8KBlock::default(); rows.len() * nb];
+                    quantize_q8k(level, &x[rows.start * k..rows.end * k], &mut tmp);
+                    // SAFETY: groups write disjoint entries of `q`, alive until `run`
+                    // returns.
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(qp.ptr().cast::<Q8Kx16>().add(g * nb), nb)
+                    };
+                    quant::interleave16k(&tmp, nb, out);
+                });
+                Acts::Q8Kx16(q)
+            }
+            d if vnni => {
+                let nb = k / 32;
+                let f16_sum = matches!(d, GgmlDType::Q4_1 | GgmlDType::Q5_1);
+                #[cfg(target_arch = "x86_64")]
+                let centre = crate::vnni::centre(d);
+                #[cfg(not(target_arch = "x86_64"))]
+                let centre = 0;
+                let groups = m.div_ceil(GROUP);
+                let mut q = vec![Q8x16::default(); groups * nb];
+                let qp = SendPtr(q.as_mut_ptr().cast());
+                Pool::global().run(threads, groups, &|g| {
+                    let rows = g * GROUP..((g + 1) * GROUP).min(m);
+                    let mut tmp = vec![Q8Block::default(); rows.len() * nb];
+                    quantize_q8(level, &x[rows.start * k..rows.end * k], &mut tmp, f16_sum);
+                    // SAFETY: groups write disjoint entries of `q`, alive until `run`
+                    // returns.
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(qp.ptr().cast::<Q8x16>().add(g * nb), nb)
+                    };
+                    quant::interleave16(&tmp, nb, centre, out);
+                });
+                Acts::Q8x16(q)
+            }
             d if d.is_k_quant() => {
                 let nb = k / 256;
                 let mut q = vec![Q8KBlock::default(); m * nb];
@@ -310,7 +380,7 @@ impl QMatrix {
                             rows.len() * nb,
                         )
                     };
-                    quant::quantize_q8k(&x[rows.start * k..rows.end * k], qs);
+                    quantize_q8k(level, &x[rows.start * k..rows.end * k], qs);
                 });
                 Acts::Q8K(q)
             }
@@ -328,7 +398,7 @@ impl QMatrix {
                             rows.len() * nb,
                         )
                     };
-                    quant::quantize_q8(&x[rows.start * k..rows.end * k], qs, f16_sum);
+                    quantize_q8(level, &x[rows.start * k..rows.end * k], qs, f16_sum);
                 });
                 let packed = if m >= 4 && level >= Level::Avx2 {
                     let mut p = Vec::new();
@@ -389,6 +459,42 @@ impl QMatrix {
                 // are as `tile32` requires and this chunk owns columns `cols` of `y`.
                 unsafe { crate::avx2::tile32(self.dtype, &t) };
             }
+            #[cfg(target_arch = "x86_64")]
+            Acts::Q8x16(a) => {
+                let t = crate::vnni::Tile {
+                    w: &w[cols.start * rb..cols.end * rb],
+                    rows: cols.len(),
+                    k,
+                    acts: a,
+                    m,
+                    y: y.0,
+                    ldy: n,
+                    col0: cols.start,
+                };
+                // SAFETY: `quantize_acts` made these only at `Level::Avx512Vnni`, which
+                // `matmul_with` checked the CPU supports; the shapes are as `tile32`
+                // requires and this chunk owns columns `cols` of `y`.
+                unsafe { crate::vnni::tile32(self.dtype, &t) };
+            }
+            #[cfg(target_arch = "x86_64")]
+            Acts::Q8Kx16(a) => {
+                let t = crate::vnni::Tile {
+                    w: &w[cols.start * rb..cols.end * rb],
+                    rows: cols.len(),
+                    k,
+                    acts: a,
+                    m,
+                    y: y.0,
+                    ldy: n,
+                    col0: cols.start,
+                };
+                // SAFETY: as for `Acts::Q8x16`.
+                unsafe { crate::vnni::tilek(self.dtype, &t) };
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Acts::Q8x16(_) | Acts::Q8Kx16(_) => {
+                unreachable!("the VNNI layouts are only made on x86-64")
+            }
             Acts::Q8(q, _) => {
                 let nb = k / 32;
                 for r0 in (0..m).step_by(4) {
@@ -423,11 +529,31 @@ impl QMatrix {
     }
 }
 
+/// `quant::quantize_q8` at `level` (bit-identical results).
+fn quantize_q8(level: Level, x: &[f32], out: &mut [Q8Block], f16_sum: bool) {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: callers pass a level the CPU supports (`matmul_with` checked it).
+        Level::Avx2 | Level::Avx512Vnni => unsafe { crate::avx2::quantize_q8(x, out, f16_sum) },
+        _ => quant::quantize_q8(x, out, f16_sum),
+    }
+}
+
+/// `quant::quantize_q8k` at `level` (bit-identical results).
+fn quantize_q8k(level: Level, x: &[f32], out: &mut [Q8KBlock]) {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `quantize_q8`.
+        Level::Avx2 | Level::Avx512Vnni => unsafe { crate::avx2::quantize_q8k(x, out) },
+        _ => quant::quantize_q8k(x, out),
+    }
+}
+
 fn dot32(level: Level, dtype: GgmlDType, row: &[u8], xs: &[&[Q8Block]], out: &mut [f32]) {
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `matmul_with` checked that the CPU supports the level.
-        Level::Avx2 => unsafe { crate::avx2::dot_rows32(dtype, row, xs, out) },
+        Level::Avx2 | Level::Avx512Vnni => unsafe { crate::avx2::dot_rows32(dtype, row, xs, out) },
         _ => {
             for (o, xr) in out.iter_mut().zip(xs) {
                 *o = quant::dot32_scalar(dtype, row, xr);
@@ -440,7 +566,7 @@ fn dotk(level: Level, dtype: GgmlDType, row: &[u8], xs: &[&[Q8KBlock]], out: &mu
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `matmul_with` checked that the CPU supports the level.
-        Level::Avx2 => unsafe { crate::avx2::dot_rowsk(dtype, row, xs, out) },
+        Level::Avx2 | Level::Avx512Vnni => unsafe { crate::avx2::dot_rowsk(dtype, row, xs, out) },
         _ => {
             for (o, xr) in out.iter_mut().zip(xs) {
                 *o = quant::dotk_scalar(dtype, row, xr);

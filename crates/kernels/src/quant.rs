@@ -62,6 +62,112 @@ pub(crate) fn interleave4(q: &[Q8Block], m: usize, nb: usize, out: &mut Vec<Q8x4
     }
 }
 
+/// Activation rows per group of the AVX-512 VNNI prefill kernels (`vnni`): one 512-bit
+/// register holds one 32-bit lane per row.
+pub(crate) const GROUP: usize = 16;
+
+/// Sixteen activation rows' [`Q8Block`]s at one block index, transposed for `vpdpbusd`:
+/// `qs[t][r]` is bytes `4t..4t+4` of row `r`'s block, so one broadcast weight dword
+/// times `qs[t]` adds four products to each of the sixteen rows' dot products.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Q8x16 {
+    pub qs: [[i32; GROUP]; 8],
+    pub d: [f32; GROUP],
+    /// `-c * sum(q)`: the integer start of a dot product with weights stored as
+    /// `v + c` (Q4_0 `c = 8`, Q5_0 16, Q8_0 128; 0 for the affine formats).
+    pub init: [i32; GROUP],
+    /// [`Q8Block::s`] (the affine formats' offset term).
+    pub s: [f32; GROUP],
+}
+
+impl Default for Q8x16 {
+    fn default() -> Self {
+        Q8x16 {
+            qs: [[0; GROUP]; 8],
+            d: [0.0; GROUP],
+            init: [0; GROUP],
+            s: [0.0; GROUP],
+        }
+    }
+}
+
+/// The dword of `qs` starting at byte `4 * t`.
+#[inline(always)]
+fn dword(qs: &[i8], t: usize) -> i32 {
+    i32::from_le_bytes([
+        qs[4 * t] as u8,
+        qs[4 * t + 1] as u8,
+        qs[4 * t + 2] as u8,
+        qs[4 * t + 3] as u8,
+    ])
+}
+
+/// Transpose `rows.len() / nb` (at most [`GROUP`]) activation rows of `nb` blocks into
+/// `out` (`nb` entries); missing rows are zero. `centre` is the weights' `c` (see
+/// [`Q8x16::init`]).
+pub(crate) fn interleave16(rows: &[Q8Block], nb: usize, centre: i32, out: &mut [Q8x16]) {
+    let live = rows.len() / nb;
+    debug_assert!(live <= GROUP && out.len() == nb);
+    for (b, o) in out.iter_mut().enumerate() {
+        *o = Q8x16::default();
+        for r in 0..live {
+            let q = &rows[r * nb + b];
+            for t in 0..8 {
+                o.qs[t][r] = dword(&q.qs, t);
+            }
+            o.d[r] = q.d;
+            o.s[r] = q.s;
+            o.init[r] = -centre * q.qs.iter().map(|&v| v as i32).sum::<i32>();
+        }
+    }
+}
+
+/// Sixteen activation rows' [`Q8KBlock`]s at one block index, transposed as [`Q8x16`].
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Q8Kx16 {
+    pub qs: [[i32; GROUP]; 64],
+    pub d: [f32; GROUP],
+    /// Sums of each 32-element sub-block's `qs` (the Q4_K/Q5_K mins term).
+    pub bs32: [[f32; GROUP]; 8],
+    /// `-32 *` the sums of each 16-element sub-block (Q6_K stores `v + 32`).
+    pub init16: [[i32; GROUP]; 16],
+}
+
+impl Default for Q8Kx16 {
+    fn default() -> Self {
+        Q8Kx16 {
+            qs: [[0; GROUP]; 64],
+            d: [0.0; GROUP],
+            bs32: [[0.0; GROUP]; 8],
+            init16: [[0; GROUP]; 16],
+        }
+    }
+}
+
+/// [`interleave16`] for Q8_K rows.
+pub(crate) fn interleave16k(rows: &[Q8KBlock], nb: usize, out: &mut [Q8Kx16]) {
+    let live = rows.len() / nb;
+    debug_assert!(live <= GROUP && out.len() == nb);
+    for (b, o) in out.iter_mut().enumerate() {
+        *o = Q8Kx16::default();
+        for r in 0..live {
+            let q = &rows[r * nb + b];
+            for t in 0..64 {
+                o.qs[t][r] = dword(&q.qs, t);
+            }
+            o.d[r] = q.d;
+            for j in 0..8 {
+                o.bs32[j][r] = (q.bsums[2 * j] as i32 + q.bsums[2 * j + 1] as i32) as f32;
+            }
+            for j in 0..16 {
+                o.init16[j][r] = -32 * q.bsums[j] as i32;
+            }
+        }
+    }
+}
+
 /// An activation block for the k-quants: 256 values, `x ≈ d * qs`, `bsums` the sums of
 /// each 16 consecutive `qs`.
 #[derive(Debug, Clone, Copy)]

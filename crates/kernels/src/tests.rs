@@ -295,6 +295,65 @@ fn tiled_prefill_kernels_match_reference_on_many_chunks() {
 }
 
 #[test]
+fn many_row_kernels_match_reference_every_format() {
+    // m >= 16 takes the VNNI path where the CPU has it (groups of sixteen activation
+    // rows): a full group, a partial last group, several groups; n odd so every weight
+    // row tile width (4, 2, 1) runs, and large enough for several chunks and threads.
+    for (i, dtype) in GgmlDType::ALL.into_iter().enumerate() {
+        let k = if dtype.is_k_quant() { 512 } else { 160 };
+        for (j, &(n, m)) in [(7, 16), (45, 37), (131, 70)].iter().enumerate() {
+            check(dtype, n, k, m, 200 + (i * 10 + j) as u64);
+        }
+    }
+    check(GgmlDType::Q5_0, 301, 896, 64, 250);
+    check(GgmlDType::Q4K, 67, 1280, 33, 251);
+    check(GgmlDType::Q6K, 67, 1280, 33, 252);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn simd_activation_quantizers_equal_scalar() {
+    if !Level::supported().contains(&Level::Avx2) {
+        return;
+    }
+    let mut rng = Rng(11);
+    let mut x: Vec<f32> = (0..4096).map(|_| rng.normal()).collect();
+    // Ties at .5 after scaling, an all-zero block, a negative extreme first.
+    x[..32]
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v = (i as f32 - 15.5) / 2.0);
+    x[256..288].fill(0.0);
+    x[512..768].fill(0.0);
+    x[600] = -3.0;
+    x[601] = 3.0;
+    for f16_sum in [false, true] {
+        let mut a = vec![Q8Block::default(); x.len() / 32];
+        let mut b = a.clone();
+        quant::quantize_q8(&x, &mut a, f16_sum);
+        // SAFETY: the CPU supports AVX2 (checked above).
+        unsafe { crate::avx2::quantize_q8(&x, &mut b, f16_sum) };
+        for (p, q) in a.iter().zip(&b) {
+            assert_eq!(
+                (p.qs, p.d.to_bits(), p.s.to_bits()),
+                (q.qs, q.d.to_bits(), q.s.to_bits())
+            );
+        }
+    }
+    let mut a = vec![Q8KBlock::default(); x.len() / 256];
+    let mut b = a.clone();
+    quant::quantize_q8k(&x, &mut a);
+    // SAFETY: as above.
+    unsafe { crate::avx2::quantize_q8k(&x, &mut b) };
+    for (p, q) in a.iter().zip(&b) {
+        assert_eq!(
+            (p.qs, p.bsums, p.d.to_bits()),
+            (q.qs, q.bsums, q.d.to_bits())
+        );
+    }
+}
+
+#[test]
 fn concurrent_matmuls_from_many_threads_agree() {
     // The kernel pool serves one job at a time; callers racing for it must still get
     // exact, identical answers (the loser runs inline).

@@ -201,19 +201,29 @@ fn orthogonalized_model_equals_hook_ablation() {
         d_both <= 1.5 * d_ctrl + 0.1,
         "hook ablation still changes the edited model: {d_both}"
     );
+    // The greedy next token agrees wherever the hooked model's choice is clear: a top-2
+    // margin under the storage-only noise (`d_ctrl`) is a near-tie that either storage
+    // could break either way, so it is reported, not compared.
+    let mut compared = 0;
     for (a, b) in hooked.iter().zip(&plain) {
-        let am = a
-            .iter()
-            .enumerate()
-            .max_by(|x, y| x.1.total_cmp(y.1))
-            .unwrap()
-            .0;
+        let mut order: Vec<usize> = (0..a.len()).collect();
+        order.sort_by(|&x, &y| a[y].total_cmp(&a[x]));
+        let margin = a[order[0]] - a[order[1]];
         let bm = b
             .iter()
             .enumerate()
             .max_by(|x, y| x.1.total_cmp(y.1))
             .unwrap()
             .0;
-        assert_eq!(am, bm, "greedy next token differs");
+        if margin > d_ctrl {
+            assert_eq!(order[0], bm, "greedy next token differs (margin {margin})");
+            compared += 1;
+        } else {
+            eprintln!("near tie: top-2 margin {margin} within the storage noise {d_ctrl}");
+        }
     }
+    eprintln!(
+        "greedy next token compared on {compared} of {} prompts",
+        hooked.len()
+    );
 }

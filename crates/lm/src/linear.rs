@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::quantized::{GgmlDType as CandleType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Storage, Tensor};
-use overseer_kernels::{Bf16Matrix, Bytes, GgmlDType, QMatrix};
+use overseer_kernels::{Bf16Matrix, Bytes, GgmlDType, Level, QMatrix};
 
 use crate::{Error, Result};
 
@@ -34,6 +34,8 @@ pub struct QLinear {
     /// The weights packed for AMX, made on the first call that wants them (`None`
     /// inside: this CPU or OS has no AMX).
     amx: OnceLock<Option<Bf16Matrix>>,
+    /// SIMD level of the 8-bit kernels (see [`QLinear::with_level`]).
+    level: Level,
 }
 
 enum Inner {
@@ -100,6 +102,7 @@ impl QLinear {
                 f32_rows: usize::MAX,
                 amx_rows: usize::MAX,
                 amx: OnceLock::new(),
+                level: Level::detect(),
             }),
         }
     }
@@ -121,6 +124,7 @@ impl QLinear {
             f32_rows: usize::MAX,
             amx_rows: usize::MAX,
             amx: OnceLock::new(),
+            level: Level::detect(),
         })
     }
 
@@ -166,6 +170,14 @@ impl QLinear {
     /// Takes precedence over [`QLinear::with_f32_rows`]. CPU kernel formats only.
     pub fn with_amx_rows(mut self, rows: Option<usize>) -> Self {
         self.amx_rows = rows.unwrap_or(usize::MAX).max(1);
+        self
+    }
+
+    /// Cap the 8-bit kernels at `level` (`None`: the best this CPU has). A level the
+    /// CPU lacks is lowered to the best it has.
+    pub fn with_level(mut self, level: Option<Level>) -> Self {
+        let best = Level::detect();
+        self.level = level.map_or(best, |l| l.min(best));
         self
     }
 
@@ -216,7 +228,7 @@ impl QLinear {
             } else if m >= self.f32_rows {
                 matmul_f32(w, xs, m, &mut y)?;
             } else {
-                w.matmul(xs, &mut y).map_err(kernel_err)?;
+                w.matmul_with(self.level, xs, &mut y).map_err(kernel_err)?;
             }
         }
         Ok(Tensor::from_vec(y, out_shape, &Device::Cpu)?)

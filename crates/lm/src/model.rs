@@ -44,6 +44,12 @@ pub struct LoadOptions {
     /// slightly off llama.cpp's (see `kernel_attention` in model.rs). `false` (the
     /// default): candle's, unless `OVERSEER_KERNEL_ATTENTION=1`.
     pub kernel_attention: bool,
+    /// Highest SIMD level the CPU matmul kernels may use (`None`: the best this CPU
+    /// has, `overseer_kernels::Level::detect`). With AVX-512 VNNI, matmuls of 16 rows or
+    /// more run kernels that round differently from the few-row ones, so one prompt's
+    /// numbers can depend on how many rows share its call; capping at
+    /// `Level::Avx2` makes every call round alike (A/B runs, batch-invariance checks).
+    pub kernel_level: Option<overseer_kernels::Level>,
 }
 
 impl Default for LoadOptions {
@@ -54,6 +60,7 @@ impl Default for LoadOptions {
             f32_gemm_rows: None,
             amx_rows: None,
             kernel_attention: false,
+            kernel_level: None,
         }
     }
 }
@@ -67,6 +74,7 @@ impl LoadOptions {
             f32_gemm_rows: None,
             amx_rows: None,
             kernel_attention: false,
+            kernel_level: None,
         }
     }
 
@@ -92,6 +100,7 @@ impl LoadOptions {
             f32_gemm_rows: None,
             amx_rows: None,
             kernel_attention: false,
+            kernel_level: None,
         })
     }
 
@@ -217,7 +226,8 @@ fn linear(
                 if let Some(l) = QLinear::from_bytes(dtype, out, inp, map, range)? {
                     return Ok(l
                         .with_f32_rows(opts.f32_gemm_rows)
-                        .with_amx_rows(opts.amx_rows));
+                        .with_amx_rows(opts.amx_rows)
+                        .with_level(opts.kernel_level));
                 }
             }
             // A file system that cannot map files: read the tensor instead.
@@ -227,7 +237,8 @@ fn linear(
     }
     Ok(QLinear::new(f.tensor(name, Some(&[out, inp]), device)?)?
         .with_f32_rows(opts.f32_gemm_rows)
-        .with_amx_rows(opts.amx_rows))
+        .with_amx_rows(opts.amx_rows)
+        .with_level(opts.kernel_level))
 }
 
 impl Model {

@@ -839,11 +839,26 @@ impl overseer_lm::Hook for Chain<'_> {
     }
 }
 
+/// SmolLM2 with the matmul kernels capped at AVX2: every call rounds alike, however
+/// many rows it has (with AVX-512 VNNI, calls of 16 rows or more round differently from
+/// smaller ones, so a batched pass and a single-prompt pass could differ in the last
+/// digits for reasons that have nothing to do with hooks or padding).
+fn smollm_row_invariant() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| {
+        let opts = LoadOptions {
+            kernel_level: Some(overseer_kernels::Level::Avx2),
+            ..LoadOptions::default()
+        };
+        Model::load(&model_path("SmolLM2-135M-Instruct.Q4_1.gguf"), &opts).expect("SmolLM2 loads")
+    })
+}
+
 /// MeanCapture over a padded batch equals the mean of per-prompt raw captures, and an
 /// activation addition at the captured point shifts the means by exactly coef·v.
 #[test]
 fn mean_capture_and_activation_addition() {
-    let m = smollm();
+    let m = smollm_row_invariant();
     let h = m.config().hidden;
     let prompts = vec![
         chat(m, "How do I bake bread?"),
