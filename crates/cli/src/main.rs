@@ -61,6 +61,7 @@ fn main() -> ExitCode {
         // SAFETY: the first statement of `main`, before any other thread exists.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     }
+    settings::apply_runtime_switches();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
         // SAFETY: no other thread exists yet.

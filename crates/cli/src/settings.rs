@@ -161,6 +161,23 @@ fn parse_device(s: &str) -> std::result::Result<DeviceChoice, String> {
 }
 
 /// Logs go to stderr; stdout is reserved for results.
+/// Process-wide switches of the runtime, read from the environment once at start-up
+/// (before any model or embedder work) and handed to the libraries, which read no
+/// environment themselves. Documented in docs/CONFIGURATION.md.
+pub fn apply_runtime_switches() {
+    let set = |k: &str| std::env::var_os(k).is_some_and(|v| v != "0" && !v.is_empty());
+    if std::env::var_os("OVERSEER_KERNELS_SCALAR").is_some() {
+        overseer_kernels::Level::set_cap(overseer_kernels::Level::Scalar);
+    } else if std::env::var_os("OVERSEER_KERNELS_AVX2").is_some() {
+        overseer_kernels::Level::set_cap(overseer_kernels::Level::Avx2);
+    }
+    if std::env::var_os("OVERSEER_AMX").is_some_and(|v| v == "0") {
+        overseer_kernels::Bf16Matrix::set_enabled(false);
+    }
+    overseer_lm::set_kernel_attention_default(set("OVERSEER_KERNEL_ATTENTION"));
+    overseer_lm::set_cuda_fast_mmq(set("OVERSEER_CUDA_FAST_MMQ"));
+}
+
 pub fn init_logging(g: &Global) {
     let default = match g.verbose {
         0 => "warn",

@@ -17,6 +17,13 @@ use std::time::Instant;
 use overseer_index::{Embedder, MiniLm};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The runtime switches the `overseer` binary reads (docs/CONFIGURATION.md).
+    if std::env::var_os("OVERSEER_KERNELS_AVX2").is_some() {
+        overseer_kernels::Level::set_cap(overseer_kernels::Level::Avx2);
+    }
+    if std::env::var_os("OVERSEER_AMX").is_some_and(|v| v == "0") {
+        overseer_kernels::Bf16Matrix::set_enabled(false);
+    }
     let mut args = std::env::args().skip(1);
     let usage = "usage: embed_query QUERIES.jsonl [--models DIR] [--threads N] [--reps R]";
     let queries = PathBuf::from(args.next().ok_or(usage)?);

@@ -22,6 +22,13 @@ use std::sync::Arc;
 use overseer_index::{Fusion, Index, MiniLm, Mode, Rerank, SearchRequest};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The runtime switches the `overseer` binary reads (docs/CONFIGURATION.md).
+    if std::env::var_os("OVERSEER_KERNELS_AVX2").is_some() {
+        overseer_kernels::Level::set_cap(overseer_kernels::Level::Avx2);
+    }
+    if std::env::var_os("OVERSEER_AMX").is_some_and(|v| v == "0") {
+        overseer_kernels::Bf16Matrix::set_enabled(false);
+    }
     let mut args = std::env::args().skip(1);
     let usage = "usage: run_queries DATA_DIR QUERIES.jsonl [--models DIR] [--mode bm25|dense|hybrid] \
                  [--k K] [--depth D] [--threads N] [--alpha A] [--rrf-k K] [--rerank on|off] \

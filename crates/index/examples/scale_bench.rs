@@ -595,6 +595,13 @@ struct Args {
 }
 
 fn main() -> Res<()> {
+    // The runtime switches the `overseer` binary reads (docs/CONFIGURATION.md).
+    if std::env::var_os("OVERSEER_KERNELS_AVX2").is_some() {
+        overseer_kernels::Level::set_cap(overseer_kernels::Level::Avx2);
+    }
+    if std::env::var_os("OVERSEER_AMX").is_some_and(|v| v == "0") {
+        overseer_kernels::Bf16Matrix::set_enabled(false);
+    }
     let usage = "usage: scale_bench [--chunks N] [--dir DIR] [--corpus DIR] [--queries Q] \
                  [--recall-queries R] [--repeat R] [--keep] | --search-only DIR [--queries-file F]";
     let mut a = Args {

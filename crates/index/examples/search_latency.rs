@@ -38,6 +38,13 @@ fn row(name: &str, v: &mut [f64]) {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The runtime switches the `overseer` binary reads (docs/CONFIGURATION.md).
+    if std::env::var_os("OVERSEER_KERNELS_AVX2").is_some() {
+        overseer_kernels::Level::set_cap(overseer_kernels::Level::Avx2);
+    }
+    if std::env::var_os("OVERSEER_AMX").is_some_and(|v| v == "0") {
+        overseer_kernels::Bf16Matrix::set_enabled(false);
+    }
     let mut args = std::env::args().skip(1);
     let usage = "usage: search_latency DATA_DIR QUERIES.jsonl [--models DIR] [--threads N] \
                  [--repeat R] [--k K] [--mode bm25|dense|hybrid] [--depth D] [--rerank on|off]";

@@ -38,6 +38,13 @@ fn time(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    // The runtime switches the `overseer` binary reads (docs/CONFIGURATION.md).
+    if std::env::var_os("OVERSEER_KERNELS_AVX2").is_some() {
+        overseer_kernels::Level::set_cap(overseer_kernels::Level::Avx2);
+    }
+    if std::env::var_os("OVERSEER_AMX").is_some_and(|v| v == "0") {
+        overseer_kernels::Bf16Matrix::set_enabled(false);
+    }
     let threads: usize = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())

@@ -70,13 +70,25 @@ unsafe fn to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
     }
 }
 
+/// Whether AMX may be used at all, when the program said ([`Bf16Matrix::set_enabled`]).
+static ENABLED: OnceLock<bool> = OnceLock::new();
+/// The answer of [`Bf16Matrix::available`], fixed on first use.
+static AVAILABLE: OnceLock<bool> = OnceLock::new();
+
 impl Bf16Matrix {
-    /// Whether this CPU and OS run AMX bf16 tiles, and `OVERSEER_AMX` is not `0` (the
-    /// switch to compare against the other paths). The first call asks the kernel for
-    /// the tile state permission for the whole process; the answer is cached.
+    /// Whether this CPU and OS run AMX bf16 tiles and the program did not turn them
+    /// off ([`Bf16Matrix::set_enabled`]). The first call asks the kernel for the tile
+    /// state permission for the whole process; the answer is cached.
     pub fn available() -> bool {
-        static OK: OnceLock<bool> = OnceLock::new();
-        *OK.get_or_init(|| std::env::var_os("OVERSEER_AMX").is_none_or(|v| v != "0") && detect())
+        *AVAILABLE.get_or_init(|| ENABLED.get().copied().unwrap_or(true) && detect())
+    }
+
+    /// Turn AMX off (or leave it on) for this process, to compare against the other
+    /// paths. Configuration, set once by the program before the first matmul (the
+    /// `overseer` binary maps `OVERSEER_AMX=0` to it); returns `false`, changing
+    /// nothing, once availability is fixed.
+    pub fn set_enabled(on: bool) -> bool {
+        AVAILABLE.get().is_none() && ENABLED.set(on).is_ok()
     }
 
     /// Pack `W` given as f32 rows (`rows × cols`, row-major).

@@ -87,21 +87,32 @@ pub enum Level {
     Avx512Vnni,
 }
 
+/// The level every default matmul of this process runs at, fixed on first use.
+static LEVEL: OnceLock<Level> = OnceLock::new();
+/// The highest level [`Level::detect`] may pick, when the program set one
+/// ([`Level::set_cap`]).
+static CAP: OnceLock<Level> = OnceLock::new();
+
 impl Level {
-    /// The best level this CPU supports (detected once).
+    /// The best level this CPU supports, at most the cap the program set (detected
+    /// once).
     pub fn detect() -> Level {
-        static LEVEL: OnceLock<Level> = OnceLock::new();
         *LEVEL.get_or_init(|| {
-            if std::env::var_os("OVERSEER_KERNELS_SCALAR").is_some() {
-                return Level::Scalar;
-            }
-            // `OVERSEER_KERNELS_AVX2=1` caps the level at AVX2 (A/B runs of one binary).
-            let cap_avx2 = std::env::var_os("OVERSEER_KERNELS_AVX2").is_some();
+            let cap = CAP.get().copied().unwrap_or(Level::Avx512Vnni);
             [Level::Avx512Vnni, Level::Avx2]
                 .into_iter()
-                .find(|l| l.available() && !(cap_avx2 && *l > Level::Avx2))
+                .find(|l| *l <= cap && l.available())
                 .unwrap_or(Level::Scalar)
         })
+    }
+
+    /// Cap every default matmul of this process at `cap`: `Level::Scalar` for the
+    /// scalar kernels (debugging), `Level::Avx2` for A/B runs of one binary on AVX-512
+    /// VNNI machines. Configuration, set once by the program before its first matmul
+    /// (the `overseer` binary maps `OVERSEER_KERNELS_SCALAR` / `OVERSEER_KERNELS_AVX2`
+    /// to it); returns `false`, changing nothing, once the level is fixed.
+    pub fn set_cap(cap: Level) -> bool {
+        LEVEL.get().is_none() && CAP.set(cap).is_ok()
     }
 
     /// Every level this CPU can run, lowest first.

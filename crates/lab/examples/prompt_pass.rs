@@ -13,6 +13,16 @@ use overseer_lab::{NoProgress, Runner};
 use overseer_lm::{Ablation, LoadOptions, Model};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The runtime switches the `overseer` binary reads (docs/CONFIGURATION.md).
+    if std::env::var_os("OVERSEER_KERNELS_AVX2").is_some() {
+        overseer_kernels::Level::set_cap(overseer_kernels::Level::Avx2);
+    }
+    if std::env::var_os("OVERSEER_AMX").is_some_and(|v| v == "0") {
+        overseer_kernels::Bf16Matrix::set_enabled(false);
+    }
+    overseer_lm::set_kernel_attention_default(
+        std::env::var_os("OVERSEER_KERNEL_ATTENTION").is_some_and(|v| v != "0" && !v.is_empty()),
+    );
     let mut args = std::env::args().skip(1);
     let usage = "usage: prompt_pass MODEL PROMPTS.json [--n N] [--batch B] [--threads T] \
                  [--repeat R] [--f32-rows R] [--amx-rows R] [--shared-only true|false] [--lanes L]";

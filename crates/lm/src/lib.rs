@@ -29,7 +29,10 @@ pub use hooks::{
     RawCapture,
 };
 pub use linear::{QLinear, amx_available};
-pub use model::{ForwardOptions, LoadOptions, Logits, Model, PREFILL_CHUNK, Resume};
+pub use model::{
+    ForwardOptions, LoadOptions, Logits, Model, PREFILL_CHUNK, Resume, set_cuda_fast_mmq,
+    set_kernel_attention_default,
+};
 pub use ngram::NgramBlock;
 pub use sampling::{Sampler, SamplingParams};
 pub use session::Session;

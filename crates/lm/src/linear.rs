@@ -281,7 +281,7 @@ impl QLinear {
 }
 
 /// Whether [`QLinear::with_amx_rows`] can take effect here: the CPU and OS run Intel AMX
-/// bf16 tiles and `OVERSEER_AMX` is not `0`.
+/// bf16 tiles and the program did not turn them off (`Bf16Matrix::set_enabled`).
 pub fn amx_available() -> bool {
     Bf16Matrix::available()
 }

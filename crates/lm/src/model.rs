@@ -42,7 +42,7 @@ pub struct LoadOptions {
     /// KV cache in place, instead of candle's matmuls over the cache converted to f32 at
     /// every layer of every call: faster, with a summation order that moves logits
     /// slightly off llama.cpp's (see `kernel_attention` in model.rs). `false` (the
-    /// default): candle's, unless `OVERSEER_KERNEL_ATTENTION=1`.
+    /// default): candle's, unless the program called [`set_kernel_attention_default`].
     pub kernel_attention: bool,
     /// Highest SIMD level the CPU matmul kernels may use (`None`: the best this CPU
     /// has, `overseer_kernels::Level::detect`). With AVX-512 VNNI, matmuls of 16 rows or
@@ -112,14 +112,32 @@ impl LoadOptions {
 
 /// Whether candle's fast CUDA quantized matmuls (MMVQ/MMQ: activations quantized to
 /// 8 bits in its own blocks) run instead of its plain path (dequantized weights, f32
-/// activations), `OVERSEER_CUDA_FAST_MMQ=1`. Off by default: on SmolLM2 the fast path's
+/// activations), [`set_cuda_fast_mmq`]. Off by default: on SmolLM2 the fast path's
 /// logits drift from the CPU's by up to 57% of their scale (the plain path: under 10%,
 /// like the CPU's own 8-bit vs f32 paths) and change the greedy continuation, for
 /// ~18% more decode speed (docs/BENCHMARKS.md, "CUDA check"). The switch is global to
 /// candle, so it is set whenever a CUDA device is opened.
 #[cfg(feature = "cuda")]
 fn cuda_fast_mmq() -> bool {
-    std::env::var_os("OVERSEER_CUDA_FAST_MMQ").is_some_and(|v| v != "0" && !v.is_empty())
+    CUDA_FAST_MMQ.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static CUDA_FAST_MMQ: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static KERNEL_ATTENTION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Use candle's fast CUDA quantized matmuls for CUDA devices opened from now on (see
+/// `cuda_fast_mmq`; off by default). Configuration, set by the program at start-up
+/// (the `overseer` binary maps `OVERSEER_CUDA_FAST_MMQ=1` to it).
+pub fn set_cuda_fast_mmq(on: bool) {
+    CUDA_FAST_MMQ.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Run the CPU attention of every model loaded from now on on the f16 kernel, as if
+/// each had [`LoadOptions::kernel_attention`] set (see `kernel_attention`; off by
+/// default). Configuration, set by the program at start-up (the `overseer` binary
+/// maps `OVERSEER_KERNEL_ATTENTION=1` to it).
+pub fn set_kernel_attention_default(on: bool) {
+    KERNEL_ATTENTION.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Which logits a forward call returns.
@@ -202,7 +220,7 @@ pub struct Model {
     rope: Rope,
     /// The pool of `threads` workers every forward call runs in (`None`: the global one).
     pool: Option<rayon::ThreadPool>,
-    /// `LoadOptions::kernel_attention`, or `OVERSEER_KERNEL_ATTENTION=1`.
+    /// `LoadOptions::kernel_attention`, or [`set_kernel_attention_default`].
     kernel_attention: bool,
 }
 
@@ -907,16 +925,14 @@ fn attention_cpu(
 
 /// [`attention_cpu`] with candle ops, for other devices: the f16 cache is converted to
 /// f32 for the products.
-/// Whether the CPU attention runs on the f16 kernel (`OVERSEER_KERNEL_ATTENTION=1`).
+/// Whether the CPU attention runs on the f16 kernel for every model
+/// ([`set_kernel_attention_default`]).
 /// Off by default: the kernel decodes SmolLM2 ~1.3x faster here, but its summation order
 /// moves logits by enough that SmolLM2's greedy path follows llama.cpp's on 2 of the 5
 /// reference prompts instead of 3 (`tests/reference.rs`); candle's matmuls over the
 /// same f16 cache, converted per layer, keep the earlier agreement.
 fn kernel_attention() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var_os("OVERSEER_KERNEL_ATTENTION").is_some_and(|v| v != "0" && !v.is_empty())
-    })
+    KERNEL_ATTENTION.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn attention_candle(

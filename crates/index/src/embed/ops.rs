@@ -33,7 +33,7 @@ pub(crate) struct Linear {
     /// (`None` on CPUs without AVX2/FMA/F16C, or when `amx` is there); see `small.rs`.
     small: Option<Panels>,
     /// The same weights packed for AMX bf16 tiles, used for inputs of any size
-    /// (`None` where the CPU or OS has no AMX, or with `OVERSEER_AMX=0`). One route for
+    /// (`None` where the CPU or OS has no AMX, or AMX is off: `Bf16Matrix::set_enabled`). One route for
     /// every size keeps a text's embedding independent of its batch, bit for bit.
     amx: Option<Bf16Matrix>,
 }
