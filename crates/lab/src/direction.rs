@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
+use crate::pipeline::{Intervention, ablation_hook, steering_hook};
 use crate::{Error, Result};
 
 /// File name inside a run directory.
@@ -81,6 +82,34 @@ pub fn direction_path(path: &Path) -> PathBuf {
 }
 
 impl Direction {
+    /// The runtime hook that applies intervention `iv` with this direction to `model`
+    /// (`None` for [`Intervention::None`]), after checking that the direction fits the
+    /// model: the same hidden size, a layer the model has. The one way a front end (the
+    /// CLI's chat and eval, the server's steering) turns a saved direction into a hook.
+    ///
+    /// Errors: `DirectionMismatch` when the direction was made for another model.
+    pub fn hook(
+        &self,
+        model: &overseer_lm::Model,
+        iv: Intervention,
+    ) -> Result<Option<Box<dyn overseer_lm::Hook>>> {
+        let (model_hidden, n_layer) = (model.config().hidden, model.config().n_layer);
+        let other_depth = self.n_layer != 0 && self.n_layer != n_layer;
+        if self.hidden() != model_hidden || self.layer >= n_layer || other_depth {
+            return Err(Error::DirectionMismatch {
+                hidden: self.hidden(),
+                layer: self.layer,
+                model_hidden,
+                n_layer,
+            });
+        }
+        Ok(match iv {
+            Intervention::None => None,
+            Intervention::Ablate => Some(Box::new(ablation_hook(self, model.device())?)),
+            Intervention::Add(c) => Some(Box::new(steering_hook(self, c, model.device())?)),
+        })
+    }
+
     /// Hidden size.
     pub fn hidden(&self) -> usize {
         self.vector.len()

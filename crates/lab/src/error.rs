@@ -21,6 +21,16 @@ pub enum Error {
     /// A direction file is missing, truncated or does not hold what the lab writes.
     #[error("direction file {path}: {message}")]
     BadDirection { path: PathBuf, message: String },
+    /// A direction applied to a model it does not fit (made for another model).
+    #[error(
+        "the direction has {hidden} dimensions at layer {layer}, but the model's residual stream has {model_hidden} dimensions and {n_layer} layers: it was made for another model"
+    )]
+    DirectionMismatch {
+        hidden: usize,
+        layer: usize,
+        model_hidden: usize,
+        n_layer: usize,
+    },
     /// A GGUF file could not be read, edited or written.
     #[error("gguf {path}: {message}")]
     Gguf { path: PathBuf, message: String },

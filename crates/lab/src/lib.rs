@@ -32,7 +32,7 @@ pub use metric::{
 };
 pub use pipeline::{
     Intervention, JudgedCompletion, RefusalRun, RunConfig, ablation_hook, default_data_dir,
-    evaluate, intervention_hook, steering_hook, summarize,
+    evaluate, steering_hook, summarize,
 };
 pub use report::{CostReport, DataReport, Example, Rates, Report, SelectedReport};
 pub use runner::{

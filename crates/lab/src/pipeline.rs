@@ -171,19 +171,6 @@ pub enum Intervention {
     Add(f64),
 }
 
-/// Build the runtime hook for an intervention with `dir` (`None` for no intervention).
-pub fn intervention_hook(
-    model: &Model,
-    dir: &Direction,
-    iv: Intervention,
-) -> Result<Option<Box<dyn overseer_lm::Hook>>> {
-    Ok(match iv {
-        Intervention::None => None,
-        Intervention::Ablate => Some(Box::new(ablation_hook(dir, model.device())?)),
-        Intervention::Add(c) => Some(Box::new(steering_hook(dir, c, model.device())?)),
-    })
-}
-
 /// `+coef · r` at `ResidPre(layer)`, every position (`overseer chat --steer DIR:coef`).
 pub fn steering_hook(
     dir: &Direction,
@@ -624,7 +611,7 @@ impl RefusalRun<'_> {
             let sets: Vec<&[String]> = group.iter().map(|c| test_set(c.1)).collect();
             let all: Vec<String> = sets.concat();
             let items = stage(&mut timings, &format!("eval {}", names.join("+")), || {
-                let mut hook = intervention_hook(self.model, &dir, iv)?;
+                let mut hook = dir.hook(self.model, iv)?;
                 evaluate(
                     &runner,
                     &all,
@@ -885,7 +872,7 @@ impl RefusalRun<'_> {
             Intervention::Ablate,
             Intervention::Add(coef),
         ] {
-            let mut h = intervention_hook(self.model, dir, iv)?;
+            let mut h = dir.hook(self.model, iv)?;
             ce.push(runner.cross_entropy(
                 &prompts,
                 &base.tokens,
@@ -897,7 +884,7 @@ impl RefusalRun<'_> {
         let b = runner.last_logits(&prompts, None, &np)?;
         let mut kl = Vec::new();
         for iv in [Intervention::Ablate, Intervention::Add(coef)] {
-            let mut h = intervention_hook(self.model, dir, iv)?;
+            let mut h = dir.hook(self.model, iv)?;
             let x = runner.last_logits(&prompts, crate::runner::boxed(&mut h), &np)?;
             let v: Vec<f64> = b.iter().zip(&x).map(|(a, c)| kl_divergence(a, c)).collect();
             kl.push(mean(&v));

@@ -290,3 +290,51 @@ fn lanes_give_each_prompt_the_results_of_one_lane() {
         "cross-entropy {ce_one} (one lane) vs {ce_two} (two)"
     );
 }
+
+/// A saved direction becomes a hook only on a model it fits: same hidden size, a layer
+/// the model has, the same depth.
+#[test]
+fn directions_from_another_model_are_refused_before_any_work() {
+    let m = model();
+    let (hidden, n_layer) = (m.config().hidden, m.config().n_layer);
+    let dir = |len: usize, layer: usize, depth: usize| overseer_lab::Direction {
+        model: "test".into(),
+        layer,
+        position: -1,
+        n_layer: depth,
+        vector: vec![0.1; len],
+        candidates: None,
+        extra: Default::default(),
+    };
+    let ok = dir(hidden, 1, n_layer);
+    assert!(
+        ok.hook(&m, overseer_lab::Intervention::None)
+            .expect("fits")
+            .is_none()
+    );
+    assert!(
+        ok.hook(&m, overseer_lab::Intervention::Ablate)
+            .expect("fits")
+            .is_some()
+    );
+    assert!(
+        ok.hook(&m, overseer_lab::Intervention::Add(2.0))
+            .expect("fits")
+            .is_some()
+    );
+    for bad in [
+        dir(hidden + 1, 1, n_layer),
+        dir(hidden, n_layer, n_layer),
+        dir(hidden, 1, n_layer + 4),
+    ] {
+        let e = bad
+            .hook(&m, overseer_lab::Intervention::Ablate)
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(e, overseer_lab::Error::DirectionMismatch { .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("made for another model"), "{e}");
+    }
+}

@@ -443,16 +443,12 @@ fn chat_local(
                 tracing::warn!(error = %e, "lab run has no usable direction");
                 BackendError::Unavailable("this lab run has no usable direction.safetensors".into())
             })?;
-            if direction.hidden() != model.config().hidden {
-                return Err(BackendError::BadRequest(format!(
-                    "this lab run's direction has {} dimensions but the served model has {}: \
-                     it was made for another model",
-                    direction.hidden(),
-                    model.config().hidden
-                )));
-            }
-            overseer_lab::intervention_hook(model, &direction, kind)
-                .map_err(|e| BackendError::Internal(e.to_string()))?
+            direction.hook(model, kind).map_err(|e| match e {
+                overseer_lab::Error::DirectionMismatch { .. } => {
+                    BackendError::BadRequest(format!("this lab run's {e}"))
+                }
+                e => BackendError::Internal(e.to_string()),
+            })?
         }
     };
     let hook = hook

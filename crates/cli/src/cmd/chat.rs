@@ -52,33 +52,19 @@ fn parse_steer(spec: &str) -> Result<(PathBuf, f64)> {
 /// The lab hooks asked for on the command line (empty when none).
 fn lab_hooks(model: &overseer_lm::Model, a: &Args) -> Result<overseer_lm::HookList> {
     let mut hooks = overseer_lm::HookList::default();
-    let hidden = model.config().hidden;
-    let load = |dir: &std::path::Path| -> Result<overseer_lab::Direction> {
-        let d = overseer_lab::load_direction(dir)
-            .with_context(|| format!("cannot load a direction from {}", dir.display()))?;
-        if d.vector.len() != hidden {
-            anyhow::bail!(
-                "direction in {} has {} dimensions but the model's hidden size is {hidden}",
-                dir.display(),
-                d.vector.len()
-            );
-        }
-        Ok(d)
+    let mut add = |dir: &std::path::Path, iv: overseer_lab::Intervention| -> Result<()> {
+        let hook = overseer_lab::load_direction(dir)
+            .and_then(|d| d.hook(model, iv))
+            .with_context(|| format!("cannot use the direction in {}", dir.display()))?;
+        hooks.0.extend(hook);
+        Ok(())
     };
     if let Some(spec) = &a.steer {
         let (dir, coef) = parse_steer(spec)?;
-        let d = load(&dir)?;
-        hooks.0.push(Box::new(overseer_lab::steering_hook(
-            &d,
-            coef,
-            model.device(),
-        )?));
+        add(&dir, overseer_lab::Intervention::Add(coef))?;
     }
     if let Some(dir) = &a.ablate {
-        let d = load(dir)?;
-        hooks
-            .0
-            .push(Box::new(overseer_lab::ablation_hook(&d, model.device())?));
+        add(dir, overseer_lab::Intervention::Ablate)?;
     }
     Ok(hooks)
 }

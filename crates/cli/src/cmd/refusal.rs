@@ -410,17 +410,7 @@ fn eval(g: &Global, a: EvalArgs) -> Result<()> {
     let mut hook = match (iv, &a.direction) {
         (lab::Intervention::None, _) => None,
         (_, None) => bail!("--intervention {:?} needs --direction DIR", a.intervention),
-        (iv, Some(d)) => {
-            let dir = lab::load_direction(d)?;
-            if dir.hidden() != model.config().hidden {
-                bail!(
-                    "the direction has {} dimensions but the model's residual stream has {}",
-                    dir.hidden(),
-                    model.config().hidden
-                );
-            }
-            lab::intervention_hook(&model, &dir, iv)?
-        }
+        (iv, Some(d)) => lab::load_direction(d)?.hook(&model, iv)?,
     };
     let ids = lab::refusal_token_ids(model.tokenizer().tokens(), &a.refusal_words);
     if ids.is_empty() {
