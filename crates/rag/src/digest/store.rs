@@ -138,13 +138,17 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 ///
 /// Errors: `DigestStore` when the file exists but is unreadable.
 pub fn read_watermark(data_dir: &Path) -> Result<Option<Watermark>> {
-    let path = digests_dir(data_dir).join("watermark.json");
-    match std::fs::read(&path) {
+    read_json(&digests_dir(data_dir).join("watermark.json"))
+}
+
+/// A JSON file read into `T`; `None` when there is no such file.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
-            .map_err(|e| io_err(&path, e)),
+            .map_err(|e| io_err(path, e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(&path, e)),
+        Err(e) => Err(io_err(path, e)),
     }
 }
 
@@ -192,14 +196,7 @@ pub fn load(data_dir: &Path, id: &str) -> Result<Option<Digest>> {
     if !valid_id(id) {
         return Ok(None);
     }
-    let path = digests_dir(data_dir).join(format!("{id}.json"));
-    match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| io_err(&path, e)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(&path, e)),
-    }
+    read_json(&digests_dir(data_dir).join(format!("{id}.json")))
 }
 
 /// What a list of digests shows of each.
