@@ -13,6 +13,7 @@ mod backend;
 mod citations;
 pub mod digest;
 mod error;
+pub mod eval;
 mod evidence;
 mod grounding;
 mod injection;
