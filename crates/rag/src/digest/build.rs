@@ -378,6 +378,7 @@ pub fn build(
     let mut items: Vec<DigestItem> = Vec::with_capacity(records.len());
     let mut sections = Vec::new();
     let mut item_seq: Vec<u64> = Vec::with_capacity(records.len());
+    let mut item_hash: Vec<String> = Vec::with_capacity(records.len());
     for (s, list) in by_topic.iter().enumerate() {
         if list.is_empty() {
             continue;
@@ -392,6 +393,7 @@ pub fn build(
             let n = items.len() + 1;
             nums.push(n);
             item_seq.push(r.seq);
+            item_hash.push(r.hash.clone());
             items.push(DigestItem {
                 id: r.meta.id.clone(),
                 n,
@@ -481,12 +483,7 @@ pub fn build(
                 Length::Short
             };
             let seq = item_seq[i];
-            let hash = &records
-                .iter()
-                .find(|r| r.seq == seq)
-                .map(|r| r.hash.clone())
-                .unwrap_or_default();
-            let key = SummaryCache::key(hash, length, &b.describe());
+            let key = SummaryCache::key(&item_hash[i], length, &b.describe());
             let s: Summary = match cache.as_deref().and_then(|c| c.get(&key)) {
                 Some(s) => {
                     stats.summaries_cached += 1;
