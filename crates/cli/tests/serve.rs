@@ -421,6 +421,100 @@ fn serve_refuses_unreadable_admin_token_file() {
     assert!(err.contains("admin token file"), "{err}");
 }
 
+/// `serve --digest-topics FILE`: the web app's digests are grouped by the user's topics;
+/// a malformed file is refused, naming its line, before any work.
+#[test]
+fn serve_groups_digests_by_the_given_topics() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(&bad, "[\n{\"id\": \"a\",,}\n]").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_overseer"))
+        .args(["serve", "--no-model", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .arg("--digest-topics")
+        .arg(&bad)
+        .env("OVERSEER_MODELS_DIR", models())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.json:2"), "{err}");
+
+    let topics = tmp.path().join("topics.json");
+    std::fs::write(
+        &topics,
+        r#"[{"id": "rl", "title": "Reinforcement learning", "description": "Agents, rewards, policies and environments in reinforcement learning.",
+             "examples": ["an agent learns a policy from rewards", "deep reinforcement learning in games"]},
+            {"id": "gov", "title": "Governance", "description": "AI policy, regulation and international coordination.",
+             "examples": ["governments regulate AI labs"]}]"#,
+    )
+    .expect("write");
+    let token = tmp.path().join("token");
+    std::fs::write(&token, "digest-token-123\n").expect("write");
+    let corpus = small_corpus(tmp.path(), 12);
+    let data = tmp.path().join("data");
+    let server = start_server(
+        &data,
+        &[
+            "--no-model",
+            "--corpus",
+            corpus.to_str().expect("utf-8"),
+            "--admin-token-file",
+            token.to_str().expect("utf-8"),
+            "--digest-topics",
+            topics.to_str().expect("utf-8"),
+        ],
+    );
+    let auth = [("Authorization", "Bearer digest-token-123")];
+    let (status, _, body) = http(
+        &server.addr,
+        "POST",
+        "/api/digests",
+        Some(r#"{"all": true, "summaries": false}"#),
+        &auth,
+    )
+    .expect("post");
+    assert_eq!(status, 202, "{body}");
+    let job = json(&body)["job"].as_str().expect("job").to_string();
+    let t0 = Instant::now();
+    let id = loop {
+        let (_, _, body) = http(
+            &server.addr,
+            "GET",
+            &format!("/api/digests/jobs/{job}"),
+            None,
+            &[],
+        )
+        .expect("poll");
+        let v = json(&body);
+        if v["state"] == "done" {
+            break v["digest"].as_str().expect("digest id").to_string();
+        }
+        assert_ne!(v["state"], "failed", "{v}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "digest never finished"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (status, _, body) = http(
+        &server.addr,
+        "GET",
+        &format!("/api/digests/{id}"),
+        None,
+        &[],
+    )
+    .expect("get");
+    assert_eq!(status, 200);
+    let d = json(&body);
+    let items = d["items"].as_array().expect("items");
+    assert_eq!(items.len(), 12);
+    for it in items {
+        let t = it["topic"].as_str().expect("topic");
+        assert!(["rl", "gov", "other"].contains(&t), "{t}");
+    }
+}
+
 /// The web UI in a real browser. Needs `tests/browser/setup` (Debian chromium and the
 /// pinned playwright-core); fails with that instruction when they are missing.
 #[test]

@@ -49,6 +49,10 @@ pub struct Args {
     /// Extra folder to look for refusal-lab runs in (repeatable; DATA/lab is always searched).
     #[arg(long)]
     pub lab_dir: Vec<PathBuf>,
+    /// Topic file the web app's digests are grouped by (same schema as `overseer digest
+    /// --topics`) [default: the research agenda's 18 challenges].
+    #[arg(long)]
+    pub digest_topics: Option<PathBuf>,
     /// Seconds a connection may take to send a request's headers, or stay idle between
     /// requests, before it is closed.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -84,6 +88,12 @@ fn admin_token(a: &Args) -> Result<Option<String>> {
 }
 
 pub fn run(g: &Global, a: Args) -> Result<()> {
+    // A malformed topic file is refused before any model or index work.
+    let digest_topics = a
+        .digest_topics
+        .as_deref()
+        .map(overseer_rag::digest::Taxonomy::load)
+        .transpose()?;
     let data_dir = g.data_dir()?;
     let mut cfg = ServerConfig::new(&data_dir);
     cfg.admin_token = admin_token(&a)?;
@@ -115,7 +125,11 @@ pub fn run(g: &Global, a: Args) -> Result<()> {
         let (generator, backend) = backends::generator(g, &a.llm, &lit)?;
         (Some(generator), Some(backend))
     };
-    let digester = Arc::new(lit.library.digester(backend));
+    let mut digester = lit.library.digester(backend);
+    if let Some(t) = digest_topics {
+        digester = digester.with_taxonomy(t);
+    }
+    let digester = Arc::new(digester);
     let state = AppState::new(cfg, literature, generator)
         .context("cannot start the server")?
         .with_digester(digester);
