@@ -163,8 +163,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// Run blocking back-end work off the async threads.
-async fn blocking<T: Send + 'static>(
+/// Run blocking back-end work off the async threads (the digest endpoints too).
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
 ) -> Result<T, ApiError> {
     match tokio::task::spawn_blocking(f).await {

@@ -18,6 +18,8 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::NaiveDate;
+
+use crate::api::blocking;
 use overseer_rag::digest::{
     self, DigestOptions, DigestProgress, Format, Selection, SummaryCache, Watermark, store,
 };
@@ -291,19 +293,6 @@ fn plan(req: &DigestRequest) -> Result<Plan, ApiError> {
 
 fn store_error(e: overseer_rag::Error) -> BackendError {
     BackendError::Internal(e.to_string())
-}
-
-/// Run blocking file work off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
-) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(ApiError::from),
-        Err(e) => {
-            tracing::error!(error = %e, "blocking task failed");
-            Err(ApiError::internal())
-        }
-    }
 }
 
 /// `GET /api/digests`: `{"digests": [{id, title, created, covers, items}]}`, newest first.

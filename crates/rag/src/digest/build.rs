@@ -522,7 +522,7 @@ pub fn build(
             it.copy_ratio = Some(s.copy_ratio);
             progress(DigestProgress::Summarized { done: i + 1, total });
         }
-        stats.median_copy_ratio = median(copies);
+        stats.median_copy_ratio = crate::eval::median(copies);
     }
     stats.summarize_ms = t.elapsed().as_millis() as u64;
 
@@ -564,19 +564,6 @@ fn citation_bonus(meta: &overseer_index::DocMeta) -> f32 {
         .iter()
         .find_map(|k| meta.extra.get(*k).and_then(serde_json::Value::as_f64))
         .map_or(0.0, |c| 0.02 * (1.0 + c.max(0.0) as f32).ln())
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    Some(if v.len().is_multiple_of(2) {
-        (v[m - 1] + v[m]) / 2.0
-    } else {
-        v[m]
-    })
 }
 
 /// Items per topic, for comparing a digest's grouping with another (e.g. the
